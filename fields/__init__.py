@@ -1,0 +1,1 @@
+"""Hash-grid encodings, MLPs and neural fields."""

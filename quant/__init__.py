@@ -1,0 +1,1 @@
+"""Masks, scalar and vector quantizers, entropy models and coders."""
