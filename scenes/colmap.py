@@ -57,6 +57,8 @@ class ColmapImage:
     tvec: np.ndarray  # [3] world-to-camera translation
     camera_id: int
     name: str
+    xys: np.ndarray | None = None  # [M, 2] float64 observed keypoints (pixels, centres at +0.5)
+    point3d_ids: np.ndarray | None = None  # [M] int64 id of each keypoint's 3D point, -1 when none
 
 
 def find_sparse_dir(root: Path) -> Path | None:
@@ -144,9 +146,12 @@ def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
     return cams
 
 
+_OBS_DTYPE = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+
+
 def read_images_binary(path: Path) -> list[ColmapImage]:
     """Parse ``images.bin``: u64 count, then per image i32 id, 4 f64 qvec, 3 f64 tvec, i32 camera id,
-    a NUL-terminated name, u64 number of 2D points and 24 bytes per point (skipped)."""
+    a NUL-terminated name, u64 number of 2D points and per point f64 x, f64 y, i64 point3D id."""
     buf = _Buffer(path)
     n = buf.count("image", 64 + 1 + 8)
     images = []
@@ -156,17 +161,21 @@ def read_images_binary(path: Path) -> list[ColmapImage]:
         (npts,) = buf.unpack("Q")
         if npts * 24 > buf.left():
             raise buf.fail(f"image {name!r} claims {npts} 2D points ({npts * 24} bytes) but only {buf.left()} bytes remain")
+        obs = np.frombuffer(buf.data, dtype=_OBS_DTYPE, count=npts, offset=buf.pos)
         buf.skip(npts * 24)
-        images.append(ColmapImage(vals[0], np.asarray(vals[1:5]), np.asarray(vals[5:8]), vals[8], name))
+        xys = np.stack([obs["x"], obs["y"]], -1).astype(np.float64)
+        ids = obs["id"].astype(np.int64)
+        images.append(ColmapImage(vals[0], np.asarray(vals[1:5]), np.asarray(vals[5:8]), vals[8], name, xys, ids))
     buf.finish()
     return images
 
 
-def read_points3d_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_points3d_binary(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse ``points3D.bin``: u64 count, then per point u64 id, 3 f64 xyz, 3 u8 rgb, f64 error, u64 track
-    length and 8 bytes per track element (skipped). Returns ``[P, 3]`` float64 and ``[P, 3]`` uint8."""
+    length and 8 bytes per track element (skipped). Returns ids ``[P]`` int64, ``[P, 3]`` float64, ``[P, 3]`` uint8."""
     buf = _Buffer(path)
     n = buf.count("point", 51)
+    ids = np.empty(n, dtype=np.int64)
     xyz = np.empty((n, 3), dtype=np.float64)
     rgb = np.empty((n, 3), dtype=np.uint8)
     rec = struct.Struct("<Q3d3BdQ")
@@ -174,15 +183,16 @@ def read_points3d_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
     for i in range(n):
         if buf.left() < rec.size:
             raise buf.fail("unexpected end of file in a point")
-        _, x, y, z, r, g, b, _, tl = rec.unpack_from(data, buf.pos)
+        pid, x, y, z, r, g, b, _, tl = rec.unpack_from(data, buf.pos)
         buf.pos += rec.size
         if tl * 8 > buf.left():
             raise buf.fail(f"point {i} claims a track of {tl} elements but only {buf.left()} bytes remain")
         buf.pos += tl * 8
+        ids[i] = pid if pid < 1 << 62 else -1
         xyz[i] = (x, y, z)
         rgb[i] = (r, g, b)
     buf.finish()
-    return xyz, rgb
+    return ids, xyz, rgb
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -236,26 +246,38 @@ def read_images_text(path: Path) -> list[ColmapImage]:
             raise DatasetError(f"{path}: malformed image line {lines[i].strip()!r}") from None
         if len(vals) != 7 or not name:
             raise DatasetError(f"{path}: malformed image line {lines[i].strip()!r}")
-        images.append(ColmapImage(iid, np.asarray(vals[:4]), np.asarray(vals[4:]), cid, name))
-        i += 2  # skip the POINTS2D line
+        obs = lines[i + 1].split() if i + 1 < len(lines) else []
+        if len(obs) % 3:
+            raise DatasetError(f"{path}: the points line of image {name!r} must hold X Y POINT3D_ID triples")
+        try:
+            o = np.asarray([float(v) for v in obs], dtype=np.float64).reshape(-1, 3)
+        except ValueError:
+            raise DatasetError(f"{path}: malformed points line of image {name!r}") from None
+        images.append(ColmapImage(iid, np.asarray(vals[:4]), np.asarray(vals[4:]), cid, name, o[:, :2], o[:, 2].astype(np.int64)))
+        i += 2
     return images
 
 
-def read_points3d_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_points3d_text(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse ``points3D.txt``: ``POINT3D_ID X Y Z R G B ERROR TRACK...`` per line."""
-    xyz, rgb = [], []
+    ids, xyz, rgb = [], [], []
     for ln in _text_lines(path):
         f = ln.split()
         if not f:
             continue
         try:
+            ids.append(int(f[0]))
             xyz.append([float(v) for v in f[1:4]])
             rgb.append([int(v) for v in f[4:7]])
         except ValueError:
             raise DatasetError(f"{path}: malformed point line {ln.strip()[:80]!r}") from None
         if len(xyz[-1]) != 3 or len(rgb[-1]) != 3 or not all(0 <= c <= 255 for c in rgb[-1]):
             raise DatasetError(f"{path}: malformed point line {ln.strip()[:80]!r}")
-    return np.asarray(xyz, dtype=np.float64).reshape(-1, 3), np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    return (
+        np.asarray(ids, dtype=np.int64),
+        np.asarray(xyz, dtype=np.float64).reshape(-1, 3),
+        np.asarray(rgb, dtype=np.uint8).reshape(-1, 3),
+    )
 
 
 def camera_intrinsics(cam: ColmapCamera, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -294,10 +316,12 @@ def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
     )
 
 
-def read_sparse_model(sparse: Path) -> tuple[dict[int, ColmapCamera], list[ColmapImage], tuple[np.ndarray, np.ndarray] | None, Path, Path]:
+def read_sparse_model(
+    sparse: Path,
+) -> tuple[dict[int, ColmapCamera], list[ColmapImage], tuple[np.ndarray, np.ndarray, np.ndarray] | None, Path, Path]:
     """Read cameras, images and (optional) points of a sparse folder, binary preferred over text.
 
-    Returns cameras, images, points (or None), and the paths of the camera and image files read.
+    Returns cameras, images, points ``(ids, xyz, rgb)`` (or None), and the paths of the camera and image files.
     """
     if (sparse / "cameras.bin").is_file():
         cam_path, img_path, pts_path = sparse / "cameras.bin", sparse / "images.bin", sparse / "points3D.bin"
@@ -358,7 +382,7 @@ def read_colmap(root: Path) -> Capture:
         heights=np.asarray(hs, dtype=np.int64),
         models=models,
         distortion=dist_a if np.any(dist_a != 0) else None,
-        points=None if points is None else points[0],
-        point_colors=None if points is None else points[1],
+        points=None if points is None else points[1],
+        point_colors=None if points is None else points[2],
         rgba=image_has_alpha(paths[0]),
     )
