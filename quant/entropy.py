@@ -359,6 +359,8 @@ def decode_varints(data: bytes, offset: int, count: int, what: str = "varints") 
     window = np.frombuffer(data, dtype=np.uint8, count=min(left, _MAX_VARINT_BYTES * count), offset=offset)
     ends = np.flatnonzero(window < 0x80)[:count]
     if ends.shape[0] < count:
+        if window.shape[0] < left:  # stopped at the 9-bytes-per-value window, not at the data's end
+            raise SceneFileError(f"{what}: a value is longer than {_MAX_VARINT_BYTES} bytes")
         raise SceneFileError(f"{what}: data ends inside value {ends.shape[0]} of {count}")
     starts = np.empty_like(ends)
     starts[0] = 0
