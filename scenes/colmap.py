@@ -125,8 +125,8 @@ class _Buffer:
 def _check_camera(cam: ColmapCamera, path: Path) -> None:
     if cam.width < 1 or cam.height < 1 or cam.width > 1 << 20 or cam.height > 1 << 20:
         raise DatasetError(f"{path}: camera {cam.id} has invalid size {cam.width}x{cam.height}")
-    if not np.all(np.isfinite(cam.params)):
-        raise DatasetError(f"{path}: camera {cam.id} has NaN or infinite parameters")
+    if not np.all(np.isfinite(cam.params)) or np.abs(cam.params).max(initial=0) > 1e12:
+        raise DatasetError(f"{path}: camera {cam.id} has NaN, infinite or absurdly large parameters")
 
 
 def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
@@ -298,8 +298,8 @@ def camera_intrinsics(cam: ColmapCamera, path: Path) -> tuple[np.ndarray, np.nda
             f"{path}: camera {cam.id} uses model {cam.model}, which is not supported "
             f"(supported: {', '.join(SUPPORTED)}); run colmap image_undistorter first"
         )
-    if fx <= 0 or fy <= 0:
-        raise DatasetError(f"{path}: camera {cam.id} has non-positive focal length")
+    if not (fx > 1e-6 and fy > 1e-6):
+        raise DatasetError(f"{path}: camera {cam.id} has a non-positive focal length ({fx}, {fy})")
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     return K, np.asarray(d, dtype=np.float64)
 
@@ -334,6 +334,8 @@ def read_sparse_model(
     cams = rc(cam_path)
     images = ri(img_path)
     points = rp(pts_path) if pts_path.is_file() else None
+    if points is not None and not (np.all(np.isfinite(points[1])) and np.abs(points[1]).max(initial=0) < 1e12):
+        raise DatasetError(f"{pts_path}: point positions contain NaN, infinity or absurdly large values")
     return cams, images, points, cam_path, img_path
 
 
@@ -354,7 +356,8 @@ def read_colmap(root: Path) -> Capture:
             raise DatasetError(f"{img_path}: image {im.name!r} refers to camera {im.camera_id}, which {cam_path.name} does not define")
         cam = cams[im.camera_id]
         K, d = camera_intrinsics(cam, cam_path)
-        if not np.all(np.isfinite(im.qvec)) or not np.all(np.isfinite(im.tvec)) or np.linalg.norm(im.qvec) < 1e-12:
+        pose = np.concatenate([im.qvec, im.tvec])
+        if not np.all(np.isfinite(pose)) or np.abs(pose).max() > 1e12 or np.linalg.norm(im.qvec) < 1e-12:
             raise DatasetError(f"{img_path}: image {im.name!r} has an invalid pose")
         w2c = np.eye(4)
         w2c[:3, :3] = qvec_to_rotmat(im.qvec)

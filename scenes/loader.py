@@ -74,8 +74,13 @@ class Capture:
                 raise DatasetError(f"{self.root}: {n} images but {len(getattr(self, name))} {name}")
         if len(self.models) != n:
             raise DatasetError(f"{self.root}: {n} images but {len(self.models)} camera models")
-        if not np.all(np.isfinite(self.c2w)) or not np.all(np.isfinite(self.Ks)):
-            raise DatasetError(f"{self.root}: camera poses or intrinsics contain NaN or infinity")
+        for name, arr in (("camera poses", self.c2w), ("intrinsics", self.Ks), ("distortion", self.distortion)):
+            if arr is not None and not (np.all(np.isfinite(arr)) and np.abs(arr).max() < 1e12):
+                raise DatasetError(f"{self.root}: {name} contain NaN, infinity or absurdly large values")
+        if np.any(self.Ks[:, 0, 0] < 1e-6) or np.any(self.Ks[:, 1, 1] < 1e-6):
+            raise DatasetError(f"{self.root}: focal lengths must be positive")
+        if self.points is not None and not (np.all(np.isfinite(self.points)) and np.abs(self.points).max(initial=0) < 1e12):
+            raise DatasetError(f"{self.root}: 3D points contain NaN, infinity or absurdly large values")
         if np.any(self.widths <= 0) or np.any(self.heights <= 0):
             raise DatasetError(f"{self.root}: image sizes must be positive")
 
