@@ -122,7 +122,9 @@ def _encode_input(array: Any, dtypes: Sequence[str], codec: str) -> np.ndarray:
     return a
 
 
-def _decode_args(dtype: Any, shape: Sequence[int], codec: str, dtypes: Sequence[str]) -> tuple[np.dtype, tuple[int, ...], int]:
+def _decode_args(
+    dtype: Any, shape: Sequence[int], codec: str, dtypes: Sequence[str]
+) -> tuple[np.dtype, tuple[int, ...], int]:
     dt = _dtype_arg(dtype)
     if dt.name not in dtypes:
         raise SceneFileError(f"codec {codec!r} cannot hold dtype {dt.name}")

@@ -252,6 +252,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not np.isfinite(v):
+        raise ValueError(f"number {text[:20]} overflows a float")
+    return v
+
+
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
     out: dict = {}
     for k, v in pairs:
@@ -328,7 +335,9 @@ def parse_scz(data: bytes, path: str = "<bytes>") -> SceneFile:
     except UnicodeDecodeError as e:
         fail(f"header is not valid UTF-8 ({e.reason} at byte {e.start})")
     try:
-        header = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_pairs)
+        header = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_pairs
+        )
     except RecursionError:
         fail("header is not valid JSON (nested too deeply)")
     except ValueError as e:
