@@ -50,7 +50,7 @@ _SYMBOLS_PER_BIT = 2840  # >= 1 / -log2(1 - 2**-12) = 2838.9...
 _MAX_VARINT_BYTES = 9  # 63 bits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FreqTable:
     """A quantized frequency table over the alphabet ``{0, ..., alphabet_size - 1}``, stored sparsely.
 
