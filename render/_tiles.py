@@ -110,6 +110,7 @@ def rasterize_tiles(
     height: int,
     out_dim: int,
     chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
+    checkpoint_chunks: bool = True,
 ) -> Tensor:
     """Evaluate ``pixel_fn`` on every non-empty tile and assemble ``[C, H, W, out_dim]`` images.
 
@@ -118,6 +119,8 @@ def rasterize_tiles(
     the flattened ``[C * N]`` Gaussians, padded with 0) and ``valid`` ``[T, K]``. It must composite
     front to back over ``K`` and return what each pixel accumulates; tiles with no Gaussian give 0.
     ``inputs`` are the differentiable per-Gaussian tensors it reads; gradients flow to them.
+    ``checkpoint_chunks=False`` skips the checkpointing, for a ``pixel_fn`` whose autograd graph already
+    keeps no per-pair tensor (e.g. a custom ``autograd.Function`` that recomputes in its backward).
     """
     ts = isect.tile_size
     tw, th, C = isect.tile_width, isect.tile_height, isect.n_images
@@ -137,7 +140,7 @@ def rasterize_tiles(
 
     local = torch.arange(P, device=device)
     base_px = torch.stack([(local % ts).to(dtype), torch.div(local, ts, rounding_mode="floor").to(dtype)], -1) + 0.5
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    grad = checkpoint_chunks and torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
     def run(pix: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
         if grad:
