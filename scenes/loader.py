@@ -83,6 +83,14 @@ class Capture:
             raise DatasetError(f"{self.root}: 3D points contain NaN, infinity or absurdly large values")
         if np.any(self.widths <= 0) or np.any(self.heights <= 0):
             raise DatasetError(f"{self.root}: image sizes must be positive")
+        from scenezip.scenes.images import image_size
+
+        w, h = image_size(self.image_paths[0])  # one header: catches cameras meant for other image copies
+        if (w, h) != (int(self.widths[0]), int(self.heights[0])):
+            raise DatasetError(
+                f"{self.image_paths[0]}: image is {w}x{h} but its camera expects "
+                f"{int(self.widths[0])}x{int(self.heights[0])}"
+            )
 
 
 def detect_format(path: Path) -> tuple[str, Path]:

@@ -133,6 +133,9 @@ def test_colmap_image_size_disagrees_with_camera(tmp_path):
     ds = load_dataset(tmp_path)
     with pytest.raises(DatasetError, match=r"img_002\.png: image is 32x24 but its camera expects 16x12"):
         ds.image(2)
+    fx.save_png(tmp_path / "images" / "img_000.png", np.zeros((24, 32, 3), np.uint8))  # checked at load
+    with pytest.raises(DatasetError, match=r"img_000\.png: image is 32x24 but its camera expects 16x12"):
+        load_dataset(tmp_path)
 
 
 def test_llff_broken(tmp_path):
