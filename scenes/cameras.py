@@ -1,8 +1,8 @@
 """Pinhole cameras in the conventions every scenezip module uses.
 
 ``viewmats`` are world-to-camera 4x4 matrices in OpenCV axes (x right, y down, z forward); ``Ks`` are
-3x3 intrinsics in pixels. Datasets in OpenGL axes (Blender, nerfstudio, LLFF) are converted once, at
-load, by :func:`opengl_to_opencv_c2w`. Images are undistorted at load, so every camera here is a
+3x3 intrinsics in pixels. Datasets in other axes are converted once, at load: OpenGL (Blender,
+nerfstudio) by :func:`opengl_to_opencv_c2w`, LLFF's (down, right, back) by its reader. Images are undistorted at load, so every camera here is a
 pinhole camera; ``source_model`` records what the capture used.
 """
 

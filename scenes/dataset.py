@@ -36,6 +36,9 @@ class Dataset:
         downscale: integer factor the images were downscaled by.
         distortion: per-camera source distortion ``[N, 4]`` (k1, k2, p1, p2) in the *downscaled*
             intrinsics, or None; images are undistorted by :meth:`image`.
+        meta: format-specific facts a method may use: ``layout`` (``"object"`` or ``"forward"``),
+            ``near_far`` (``[N, 2]`` per-camera depth range in normalized units, LLFF) and what the
+            reader kept of the capture (e.g. instant-ngp's ``aabb_scale``).
     """
 
     format: str
@@ -51,6 +54,7 @@ class Dataset:
     background: tuple[float, float, float] | None = None
     downscale: int = 1
     distortion: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
     _cache: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

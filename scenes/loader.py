@@ -300,4 +300,9 @@ def build_dataset(
         background=tuple(background) if cap.rgba else None,
         downscale=downscale,
         distortion=distortion,
+        meta={
+            **cap.extra,
+            "layout": kind,
+            "near_far": None if cap.near_far is None else np.asarray(cap.near_far * s, dtype=np.float32),
+        },
     )
