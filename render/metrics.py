@@ -438,12 +438,15 @@ def image_metrics(img: Tensor, ref: Tensor, lpips_scaling: Literal["lpips", "3dg
 
     Returns:
         ``{"psnr": float, "ssim": float, "lpips": float | None, "lpips_note": str}``; ``lpips`` is None
-        when the weights are unavailable, and ``lpips_note`` then gives the reason (else the network,
-        scaling and weight files used).
+        when the weights are unavailable or the image is under 16x16 pixels, and ``lpips_note`` then
+        gives the reason (else the network, scaling and weight files used).
     """
     with torch.no_grad():
         out = {"psnr": psnr(img, ref).mean().item(), "ssim": ssim(img, ref).mean().item()}
+        h, w = img.shape[-3], img.shape[-2]
         try:
+            if min(h, w) < 16:
+                raise LpipsUnavailableError(f"image is {h}x{w}; the VGG trunk needs at least 16x16 pixels")
             out["lpips"] = lpips(img, ref, scaling=lpips_scaling).mean().item()
             out["lpips_note"] = f"LPIPS v0.1 VGG, scaling={lpips_scaling}, " + lpips_available()[1]
         except LpipsUnavailableError as exc:

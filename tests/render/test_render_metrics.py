@@ -98,14 +98,14 @@ class TestSsim:
         vals = [M.ssim((x + s * noise).clamp(0, 1), x).item() for s in (0.0, 0.02, 0.05, 0.1, 0.3)]
         assert all(a > b for a, b in zip(vals, vals[1:])), vals
 
-    def test_matches_scipy_reference(self, gen):
+    def test_matches_scipy_reference(self, device):
         # smooth-ish images so that the local statistics, not just noise, drive the value
         base = scipy.ndimage.gaussian_filter(np.random.default_rng(1).random((37, 29, 3)), (2, 2, 0))
         x = np.clip(base, 0, 1)
         y = np.clip(x + 0.05 * np.random.default_rng(2).standard_normal(x.shape), 0, 1)
         ref_val, ref_map = _ssim_reference(x, y)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        torch.testing.assert_close(M.ssim_map(tx, ty), torch.from_numpy(ref_map), rtol=1e-9, atol=1e-9)
+        tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        torch.testing.assert_close(M.ssim_map(tx, ty).cpu(), torch.from_numpy(ref_map), rtol=1e-9, atol=1e-9)
         assert M.ssim(tx, ty).item() == pytest.approx(ref_val, abs=1e-10)
         # float32 inputs agree to float32 precision
         assert M.ssim(tx.float(), ty.float()).item() == pytest.approx(ref_val, abs=2e-5)
@@ -362,13 +362,14 @@ class TestLpips:
         assert ok, reason
         assert M.VGG16_HUB_FILENAME in reason and str(pkg / "weights" / "v0.1" / "vgg.pth") in reason
 
-    def test_values(self, use_weights, gen):
+    def test_values(self, use_weights, gen, device):
         vgg, lin = use_weights
         x = _rand(gen, 32, 40, 3)
         y = _rand(gen, 32, 40, 3)
         ok, where = M.lpips_available()
         assert ok, where
-        d_xx, d_xy, d_yx = M.lpips(x, x), M.lpips(x, y), M.lpips(y, x)
+        xd, yd = x.to(device), y.to(device)
+        d_xx, d_xy, d_yx = M.lpips(xd, xd), M.lpips(xd, yd), M.lpips(yd, xd)
         assert d_xx.item() == 0.0
         assert d_xy.item() > 0
         assert d_xy.item() == pytest.approx(d_yx.item(), rel=1e-5)
@@ -432,6 +433,8 @@ class TestLpips:
         x = _rand(gen, 15, 32, 3)
         with pytest.raises(ValueError, match="at least 16x16"):
             M.lpips(x, x)
+        out = M.image_metrics(x, x)  # eval reports it instead of failing
+        assert out["lpips"] is None and "16x16" in out["lpips_note"] and math.isinf(out["psnr"])
         with pytest.raises(ValueError, match="net must be 'vgg'"):
             M.lpips(x, x, net="alex")
         y = _rand(gen, 16, 16, 3)
