@@ -1,0 +1,125 @@
+"""Configurations of Gaussian-splatting training, as dataclasses with one comment per field.
+
+The CLI is generated from these (tyro), so each field's docstring is its ``--help`` text. Defaults are the
+values of Kerbl et al. 2023 (3DGS) and of gsplat's ``DefaultStrategy``. Schedule steps are written for
+the reference run of 30000 steps and scaled to the run's length (see :class:`DensifyConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import tyro
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control (clone, split, prune, opacity reset) and the SH degree schedule.
+
+    Step fields are given for a 30000-step run (``reference_steps``) and multiplied by
+    ``schedule_scale`` (default ``steps / reference_steps``), so a 1500-step CPU run refines every 5
+    steps from step 25 to 750 and resets opacities every 150 steps: the same shape, compressed.
+    """
+
+    enabled: bool = True
+    """Grow and prune Gaussians; off keeps the initial set (opacity resets and the SH schedule still run)."""
+    grad_threshold: float = 0.0002
+    """Grow Gaussians whose mean screen-space gradient norm (in NDC units, as gsplat normalizes) exceeds this."""
+    clone_scale: float = 0.01
+    """Clone growing Gaussians with max scale <= clone_scale * scene extent; split larger ones."""
+    split_samples: int = 2
+    """A split Gaussian becomes this many, sampled from itself."""
+    split_scale_div: float = 1.6
+    """Split children get scales / split_scale_div (0.8 * split_samples in 3DGS)."""
+    prune_opacity: float = 0.005
+    """Prune Gaussians with opacity below this at every refinement."""
+    prune_scale: float = 0.1
+    """After the first opacity reset, also prune Gaussians with max scale > prune_scale * scene extent."""
+    reset_opacity: float = 0.01
+    """Opacity resets clamp every opacity to at most this value."""
+    refine_start: int = 500
+    """First refinement happens after this step (reference-run steps)."""
+    refine_stop: int = 15_000
+    """No refinement (and no opacity reset) from this step on (reference-run steps)."""
+    refine_every: int = 100
+    """Refine every this many steps (reference-run steps)."""
+    reset_every: int = 3000
+    """Reset opacities every this many steps (reference-run steps)."""
+    sh_degree_every: int = 1000
+    """Raise the SH degree used for rendering by one every this many steps (reference-run steps)."""
+    reference_steps: int = 30_000
+    """Run length the step fields above are written for."""
+    schedule_scale: Optional[float] = None
+    """Factor on every step field; None means steps / reference_steps, 1.0 keeps the 3DGS numbers."""
+    max_gaussians: int = 0
+    """Cap on the Gaussian count (0: no cap); when growth would exceed it, the highest gradients grow first."""
+
+
+@dataclass
+class TrainConfig:
+    """Train 3D Gaussian splatting (Kerbl et al. 2023) on a capture."""
+
+    data: tyro.conf.Positional[Path]
+    """Capture folder (Blender, nerfstudio/instant-ngp, COLMAP or LLFF), or a transforms.json inside one."""
+    out: Path = Path("runs/3dgs")
+    """Output folder: checkpoints ckpt_XXXXX.pt, the final gaussians.pt and metrics.json."""
+    steps: int = 30_000
+    """Optimizer steps (one training image per step)."""
+    downscale: int = 1
+    """Integer image downscale factor applied at load."""
+    test_every: int = 8
+    """Every N-th image (after sorting by name) is a test image, unless the dataset ships a split."""
+    random_points: int = 100_000
+    """Number of random initial points when the capture has no SfM points (Blender, nerfstudio without ply)."""
+    sh_degree: int = 3
+    """Maximum spherical-harmonic degree of the colours (0..3)."""
+    background: Optional[tuple[float, float, float]] = None
+    """RGB in [0, 1] rendered behind the Gaussians; None uses the dataset's (black for RGB captures)."""
+    random_background: bool = False
+    """Train on a random background colour each step (needs captures with alpha; others keep their background)."""
+    init_opacity: float = 0.1
+    """Opacity of the initial Gaussians."""
+    init_scale: float = 1.0
+    """Factor on the initial scale (root mean squared distance to the 3 nearest points)."""
+    lr_means: float = 1.6e-4
+    """Initial learning rate of the means, times the scene extent."""
+    lr_means_final: float = 1.6e-6
+    """Final learning rate of the means, times the scene extent (exponential decay over the run)."""
+    lr_sh0: float = 2.5e-3
+    """Learning rate of the DC colour coefficients."""
+    lr_shN: float = 2.5e-3 / 20
+    """Learning rate of the higher-order SH coefficients."""
+    lr_opacities: float = 5e-2
+    """Learning rate of the opacity logits."""
+    lr_scales: float = 5e-3
+    """Learning rate of the log scales."""
+    lr_quats: float = 1e-3
+    """Learning rate of the quaternions."""
+    ssim_lambda: float = 0.2
+    """Loss is (1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM), as in 3DGS."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """Adaptive density control."""
+    checkpoint_every: int = 5000
+    """Write ckpt_XXXXX.pt every this many steps (0: only at the end and on Ctrl-C)."""
+    keep_checkpoints: int = 3
+    """Keep only the newest this many checkpoints (0: keep all)."""
+    eval_every: int = 0
+    """Evaluate PSNR/SSIM on the test split every this many steps (0: only at the end)."""
+    seed: int = 0
+    """Seed of image order, split sampling and random backgrounds."""
+    backend: Literal["auto", "torch", "cuda"] = "auto"
+    """Rasterizer: gsplat CUDA kernels, the pure-PyTorch reference, or auto (CUDA when available)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device of the model; auto follows the backend (cuda backend -> cuda, torch backend -> cpu)."""
+    rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    """classic is 3DGS; antialiased is Mip-Splatting's compensated 2D filter (gsplat)."""
+    near_plane: float = 0.01
+    """Gaussians closer to the camera than this are culled."""
+    far_plane: float = 1e10
+    """Gaussians farther than this are culled."""
+    resume: bool = False
+    """Continue from the newest checkpoint in the output folder."""
+    progress: bool = True
+    """Show a progress bar."""
