@@ -114,7 +114,7 @@ class Box:
 
 @dataclass(frozen=True)
 class Ground:
-    """A one-sided-looking, infinitely thin disk in the plane ``z = height``, centred on the z axis."""
+    """An infinitely thin checkered disk in the plane ``z = height``, centred on the z axis."""
 
     height: float = -0.25  # z of the plane
     radius: float = 1.0  # disk radius
@@ -645,7 +645,7 @@ def render_views(
     *,
     samples_per_side: int = 3,
     antialias: Literal["adaptive", "full"] = "adaptive",
-    chunk_pixels: int = 8192,
+    chunk_rays: int = 32768,
 ) -> dict[str, np.ndarray]:
     """Ray trace ``scene`` from cameras ``c2w_opengl`` ``[N, 4, 4]`` (OpenGL/Blender axes).
 
@@ -659,7 +659,7 @@ def render_views(
         width, height: image size in pixels.
         fov_x: horizontal field of view in radians (Blender's ``camera_angle_x``); square pixels.
         samples_per_side: ``S``; 1 turns antialiasing off.
-        chunk_pixels: pixels traced per vectorized batch (bounds memory at about 1 kB per ray).
+        chunk_rays: rays traced per vectorized batch (memory stays near 0.5 kB per ray of a batch).
 
     Returns:
         dict of float32 numpy arrays: ``rgb`` ``[N, H, W, 3]`` (straight colour), ``alpha``
@@ -683,7 +683,7 @@ def render_views(
     offs = (np.arange(S) + 0.5) / S
     su, sv = np.tile(offs, S), np.repeat(offs, S)  # column offset fastest
     centre = np.array([0.5])
-    step = max(1, int(chunk_pixels))
+    step = max(1, int(chunk_rays))
 
     N, HW = c2w.shape[0], H * W
     rgb = np.zeros((N, HW, 3), np.float32)
@@ -854,7 +854,9 @@ def load_scene_json(path: str | os.PathLike) -> ProceduralScene:
     if not isinstance(d, dict) or d.get("format") != SCENE_FORMAT:
         raise DatasetError(f"{path}: not a {SCENE_FORMAT} scene description (format key missing or different)")
     if d.get("version") != SCENE_VERSION:
-        raise DatasetError(f"{path}: unknown {SCENE_FORMAT} version {d.get('version')!r} (this code reads {SCENE_VERSION})")
+        raise DatasetError(
+            f"{path}: unknown {SCENE_FORMAT} version {d.get('version')!r} (this code reads {SCENE_VERSION})"
+        )
     try:
         return ProceduralScene.from_dict(d["scene"])
     except (KeyError, TypeError, ValueError) as e:
@@ -903,7 +905,7 @@ def write_procedural_scene(
         scene = make_scene(seed)
     splits = camera_split(n_train, n_val, n_test)
     poses = hemisphere_poses(n_train + n_val + n_test, radius)
-    views = render_views(scene, poses, width, height, camera_angle_x, samples_per_side=samples_per_side)
+    render_views(scene, poses[:0], width, height, camera_angle_x, samples_per_side=samples_per_side)  # checks
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -914,9 +916,13 @@ def write_procedural_scene(
             frames = []
             for k, v in enumerate(idx):
                 stem = f"{split}/r_{k}"
-                Image.fromarray(_to_png(views["rgb"][v], views["alpha"][v]), "RGBA").save(tmp / f"{stem}.png")
-                np.save(tmp / f"{stem}_depth.npy", views["depth"][v])
-                np.save(tmp / f"{stem}_normal.npy", views["normal"][v])
+                # One view at a time keeps memory at one image, whatever the resolution.
+                view = render_views(
+                    scene, poses[v : v + 1], width, height, camera_angle_x, samples_per_side=samples_per_side
+                )
+                Image.fromarray(_to_png(view["rgb"][0], view["alpha"][0]), "RGBA").save(tmp / f"{stem}.png")
+                np.save(tmp / f"{stem}_depth.npy", view["depth"][0])
+                np.save(tmp / f"{stem}_normal.npy", view["normal"][0])
                 frames.append(
                     {
                         "file_path": f"./{stem}",
@@ -946,8 +952,9 @@ def write_procedural_scene(
                 "camera": "transform_matrix is camera-to-world in OpenGL axes (x right, y up, z back)",
                 "pixels": "pixel (i, j) centre at (j + 0.5, i + 0.5); focal = 0.5 W / tan(camera_angle_x / 2)",
                 "rgba": "8-bit straight (not premultiplied) RGBA; alpha = sub-sample coverage, 0 for background",
-                "depth": "float32 [H, W] z-depth along the camera viewing axis of the pixel-centre ray; 0 for background",
-                "normal": "float32 [H, W, 3] world-space unit normal of the pixel-centre hit, facing the camera; 0 for background",
+                "depth": "float32 [H, W] z-depth along the viewing axis of the pixel-centre ray; 0 for background",
+                "normal": "float32 [H, W, 3] world-space unit normal of the pixel-centre hit, facing the camera; "
+                "0 for background",
                 "shading": "albedo * (ambient + diffuse * max(n.l, 0) * lit) + specular * max(n.h, 0)^shininess * lit",
             },
         }
