@@ -9,10 +9,12 @@ shadows. Rays that miss everything are transparent.
 Everything here was written by hand, in numpy, because the scene is analytic: each pixel is shaded by
 exact ray-primitive intersection (closed-form sphere roots, slab test for oriented boxes, plane test for
 the disk), vectorized over chunks of rays (no Python loop over pixels or rays; the only loops run over
-the handful of primitives and over ray chunks). Each pixel is supersampled on an ``S x S`` stratified
-grid for antialiased RGB and alpha. A renderer of our own is the point: ground-truth depth, normals and
-surface samples come from the same closed forms as the images, so later code can score reconstructions
-(depth error, normal error, Chamfer distance) against the truth.
+the handful of primitives and over ray chunks). RGB and alpha are antialiased with an ``S x S``
+stratified grid of rays per pixel, by default only where the pixel-centre rays show an edge (see
+:func:`render_views`). A renderer of our own is the point: ground-truth depth, normals and surface
+samples come from the same closed forms as the images, so later code can score reconstructions (depth
+error, normal error, Chamfer distance) against the truth. Tracing runs in float32; the tests hold hit
+points to within 2e-4 of the analytic surfaces and depths to 2e-5 of the closed form.
 
 Conventions
 -----------
@@ -55,6 +57,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from scenezip.errors import DatasetError, ScenezipError
 
@@ -884,6 +887,7 @@ def write_procedural_scene(
     radius: float = DEFAULT_RADIUS,
     samples_per_side: int = 3,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Render a procedural scene into a Blender/NeRF-Synthetic folder at ``out_dir`` and return its path.
 
@@ -891,9 +895,9 @@ def write_procedural_scene(
     views, split by :func:`camera_split`, so test views sit between training views. The folder is built
     under a temporary name beside ``out_dir`` and renamed at the end, so a failure leaves nothing
     behind. An existing non-empty ``out_dir`` is refused unless ``overwrite`` is set and it holds a
-    ``scene.json`` (that is, it was written here).
+    ``scene.json`` (that is, it was written here). ``progress`` shows a bar over the views.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise ScenezipError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -911,6 +915,7 @@ def write_procedural_scene(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        bar = tqdm(total=len(poses), desc="rendering procedural scene", unit="view", disable=not progress)
         for split, idx in splits.items():
             (tmp / split).mkdir()
             frames = []
@@ -931,6 +936,7 @@ def write_procedural_scene(
                         "normal_file_path": f"./{stem}_normal.npy",
                     }
                 )
+                bar.update(1)
             meta = {"camera_angle_x": float(camera_angle_x), "frames": frames}
             (tmp / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
         desc = {
@@ -959,12 +965,20 @@ def write_procedural_scene(
             },
         }
         (tmp / "scene.json").write_text(json.dumps(desc, indent=2))
-        if out.is_dir():
-            if any(out.iterdir()):
-                shutil.rmtree(out)
-            else:
-                out.rmdir()
-        os.replace(tmp, out)
+        bar.close()
+        if not out.is_dir():
+            os.replace(tmp, out)
+        else:  # keep the folder itself (it may be someone's working directory); swap its entries
+            old = None
+            if any(out.iterdir()):  # an old procedural scene: move it aside, delete it at the end
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                for child in list(out.iterdir()):
+                    os.replace(child, old / child.name)
+            for child in list(tmp.iterdir()):
+                os.replace(child, out / child.name)
+            tmp.rmdir()
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -406,3 +406,7 @@ def test_overwrite_replaces_a_procedural_folder(tmp_path: Path):
     write_procedural_scene(out, n_train=2, n_val=0, n_test=0, width=8, height=8, seed=1, overwrite=True)
     assert load_scene_json(out) == make_scene(1)
     assert len(json.loads((out / "transforms_train.json").read_text())["frames"]) == 2
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"r_{k}{ext}" for k in range(2) for ext in (".png", "_depth.npy", "_normal.npy")
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # nothing old or temporary left beside it
