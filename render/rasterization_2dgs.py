@@ -84,7 +84,9 @@ def _intrinsics(Ks: Tensor) -> Tensor:
     return torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one], -1).reshape(-1, 3, 3)
 
 
-def _surfels_in_camera(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _surfels_in_camera(
+    means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Camera-space centre ``[C, N, 3]``, scaled tangent axes ``[C, N, 3]`` x2 and unit normal ``[C, N, 3]``."""
     means_c = world_to_cam(means, viewmats)
     rot_c = torch.einsum("cij,njk->cnik", viewmats[:, :3, :3], quat_to_rotmat(quats))  # [C, N, 3, 3]
@@ -244,13 +246,22 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool) -> 
 
 
 def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, height: int, filter_inv_sq: float,
-                     distloss: bool, intersection: bool, tile_size: int,
-                     chunk_pairs: int) -> tuple[Tensor, TileIntersections]:
+                     distloss: bool, intersection: bool, tile_size: int, chunk_pairs: int,
+                     densify: Tensor | None = None) -> tuple[Tensor, TileIntersections]:
     """Tiled compositing; returns ``[C, H, W, F + 4]`` (features, accumulated depth, alpha, median,
-    distortion) and the tile intersections."""
+    distortion) and the tile intersections.
+
+    ``densify`` ``[C, N, 2]`` (zeros) shifts the footprint of each surfel by that many pixels, as
+    gsplat's ``gradient_2dgs`` does: its gradient is ``z * dL/dM[0:2, 2]``, the rasterizer's gradient
+    with respect to the surfel's screen position, used to decide densification.
+    """
     C, N = proj["depths"].shape
     isect = isect_tiles(proj["means2d"], proj["radii"], proj["depths"], width, height, tile_size)
-    adj, det = _adjugate(proj["ray_transforms"])  # [C, N, 3, 3], [C, N]
+    M = proj["ray_transforms"]
+    if densify is not None:
+        shift = torch.cat([densify * proj["depths"][..., None], torch.zeros_like(densify[..., :1])], -1)  # [C, N, 3]
+        M = M + torch.cat([torch.zeros_like(M[..., :2]), shift[..., None]], -1)
+    adj, det = _adjugate(M)  # [C, N, 3, 3], [C, N]
     adj = adj * adj.new_tensor([math.sqrt(0.5), math.sqrt(0.5), 1.0])[:, None]  # (u^2 + v^2) / 2 directly
     depths = proj["depths"][..., None]
     per_surfel = [adj.flatten(-2), proj["means2d"], opacities[..., None], det[..., None], depths, feats]
@@ -284,7 +295,8 @@ def _composite_dense(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
     A = torch.where(solvable[..., None, None], A, torch.eye(3, dtype=dtype, device=device))
     uvt = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)  # [C, P, N, 3]
     kernel3d = torch.exp(-0.5 * (uvt[..., 0] ** 2 + uvt[..., 1] ** 2))
-    d2 = (proj["means2d"][:, None, :, 0] - px[None, :, None]) ** 2 + (proj["means2d"][:, None, :, 1] - py[None, :, None]) ** 2
+    m2 = proj["means2d"][:, None]  # [C, 1, N, 2]
+    d2 = (m2[..., 0] - px[None, :, None]) ** 2 + (m2[..., 1] - py[None, :, None]) ** 2
     kernel = torch.maximum(kernel3d, torch.exp(-0.5 * filter_inv_sq * d2))
     alpha_all = (opacities[:, None, :] * kernel).clamp_max(MAX_ALPHA)  # [C, P, N]
     alpha_all = torch.where(solvable, alpha_all, torch.zeros_like(alpha_all))
@@ -353,7 +365,9 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             raise ValueError(f"sh_degree must be None or an int in 0..3, got {sh_degree!r}")
         k = (sh_degree + 1) ** 2
         if colors.dim() != 3 or colors.shape[0] != N or colors.shape[1] < k or colors.shape[2] != 3:
-            raise ValueError(f"colors must have shape [{N}, K>={k}, 3] for sh_degree {sh_degree}, got {tuple(colors.shape)}")
+            raise ValueError(
+                f"colors must have shape [{N}, K>={k}, 3] for sh_degree {sh_degree}, got {tuple(colors.shape)}"
+            )
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}
     if backgrounds is not None:
@@ -365,7 +379,9 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         raise ValueError(f"width and height must be positive ints, got {width!r} x {height!r}")
     if not 0 <= near_plane < far_plane:
-        raise ValueError(f"near_plane and far_plane must satisfy 0 <= near_plane < far_plane, got {near_plane}, {far_plane}")
+        raise ValueError(
+            f"near_plane and far_plane must satisfy 0 <= near_plane < far_plane, got {near_plane}, {far_plane}"
+        )
     if radius_clip < 0:
         raise ValueError(f"radius_clip must be >= 0, got {radius_clip}")
     if not eps2d > 0:
@@ -478,7 +494,9 @@ def rasterization_2dgs(
         ``[C, H, W, 1]``, render_normals ``[C, H, W, 3]`` (world space, weighted by alpha),
         render_normals_from_depth ``[C, H, W, 3]`` (world space, unit, zero border),
         render_distort ``[C, H, W, 1]``, render_median ``[C, H, W, 1]``, and meta (projection
-        results: ``radii, means2d, depths, ray_transforms, normals, opacities``, tiling, ``backend``).
+        results: ``radii, means2d, depths, ray_transforms, normals, opacities``; ``gradient_2dgs``
+        ``[C, N, 2]``, zeros whose ``.grad`` after backward is gsplat's screen-space gradient for
+        densification (it requires grad only when an input does); tiling; ``backend``).
     """
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
                   radius_clip, eps2d, sh_degree, backgrounds, render_mode, depth_mode, surfel_depth)
@@ -512,12 +530,15 @@ def rasterization_2dgs(
 
     proj, feats, opac, D = _prepare(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                     near_plane, far_plane, radius_clip, sh_degree, render_mode)
+    differentiable = (means, quats, scales, opacities, colors, viewmats)
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+    densify = torch.zeros_like(proj["means2d"], requires_grad=tracked)
     out, isect = _composite_tiled(proj, feats, opac, width, height, GSPLAT_EPS2D * 2.0 / eps2d, distloss,
-                                  surfel_depth == "intersection", tile_size, chunk_pairs)
+                                  surfel_depth == "intersection", tile_size, chunk_pairs, densify)
     results = _finish(out, D, viewmats, Ks, backgrounds, render_mode, depth_mode, distloss)
-    meta = dict(proj, opacities=opac, tile_width=isect.tile_width, tile_height=isect.tile_height,
-                tile_size=tile_size, flatten_ids=isect.flatten_ids, n_cameras=viewmats.shape[0], width=width,
-                height=height, backend="torch")
+    meta = dict(proj, opacities=opac, gradient_2dgs=densify, tile_width=isect.tile_width,
+                tile_height=isect.tile_height, tile_size=tile_size, flatten_ids=isect.flatten_ids,
+                n_cameras=viewmats.shape[0], width=width, height=height, backend="torch")
     return (*results, meta)
 
 

@@ -346,6 +346,24 @@ class TestCorrectness:
         dense = rasterization_2dgs_reference(*both, viewmats, Ks, W, H)
         torch.testing.assert_close(dense[0], colors)
 
+    def test_gradient_2dgs_is_the_screen_space_gradient(self):
+        W, H, f, z = 32, 32, 40.0, 4.0
+        viewmats, Ks = torch.eye(4)[None], torch.tensor([[[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]]])
+        surfel = _single([0.1, -0.05, z], [1, 0, 0, 0], 0.3, opacity=0.8)  # sigma 3 px, centre (17, 15.5)
+        means = surfel[0].requires_grad_()
+        _, alphas, *_, meta = rasterization_2dgs(means, *surfel[1:], viewmats, Ks, W, H)
+        xs = torch.arange(W, dtype=torch.float32) + 0.5
+        (alphas[0, ..., 0] * xs).sum().backward()
+        g = meta["gradient_2dgs"].grad[0, 0]
+        # moving the footprint right by one pixel moves every alpha one pixel: d/dx = sum(alpha), less
+        # about 2.5% here for the rim where alpha drops from 1/255 to 0 (a jump, no gradient)
+        assert g[0].item() == pytest.approx(alphas.sum().item(), rel=0.04)
+        assert abs(g[1].item()) < 1e-3 * abs(g[0].item())
+        # and it is the gradient of the surfel centre in pixels (the screen filter is negligible here)
+        assert g[0].item() == pytest.approx(means.grad[0, 0].item() * z / f, rel=1e-3)
+        untracked = _single([0.1, -0.05, z], [1, 0, 0, 0], 0.3)  # no input requires grad: nothing to track
+        assert not rasterization_2dgs(*untracked, viewmats, Ks, W, H)[6]["gradient_2dgs"].requires_grad
+
     def test_float64_gradcheck(self):
         args, W, H = _scene(N=3, C=1, W=8, H=6, seed=2, dtype=torch.float64)
         args[5], args[6] = args[5].double(), args[6].double()
