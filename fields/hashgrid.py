@@ -56,6 +56,7 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 _U32 = 0xFFFFFFFF
 _MAX_DENSE = 2**31  # tcnn clamps dense counts above this (as float) to 2**31 - 1 before rounding up
 DEFAULT_CHUNK = 1 << 14  # points per chunk: a few MB of int64 corner indices at 3D
+DEFAULT_CACHE_BYTES = 1 << 28  # forward-pass indices/weights kept for the backward pass, at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,14 +291,24 @@ def _gather(flat: Tensor, lv: _Level, idx: Tensor, f: int) -> Tensor:
 
 
 class _HashEncode(torch.autograd.Function):
-    """Chunked forward with no graph; the backward pass recomputes indices and weights."""
+    """Chunked forward with no graph. When only the table needs gradients and the corner indices
+    and weights of all points fit ``cache_bytes``, the forward pass keeps them for the backward
+    pass; otherwise the backward pass recomputes them chunk by chunk (bounded memory)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, params: Tensor, config: HashGridConfig, chunk: int) -> Tensor:
+    def forward(ctx, x: Tensor, params: Tensor, config: HashGridConfig, chunk: int, cache_bytes: int) -> Tensor:
         f = config.n_features_per_level
         flat = params.detach()
         levels = _levels(config)
         n = x.shape[0]
+        n_corners = 1 if config.interpolation == "Nearest" else 1 << config.n_input_dims
+        need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cache = None
+        if need_p and not need_x and n * len(levels) * n_corners * (8 + params.element_size()) <= cache_bytes:
+            cache = (
+                torch.empty(len(levels), n, n_corners, dtype=torch.int64, device=params.device),
+                torch.empty(len(levels), n, n_corners, dtype=params.dtype, device=params.device),
+            )
         out = torch.empty(n, config.n_output_dims, dtype=params.dtype, device=params.device)
         for start in range(0, n, chunk):
             x64 = x[start : start + chunk].detach().to(torch.float64)
@@ -305,7 +316,11 @@ class _HashEncode(torch.autograd.Function):
                 idx, w, _, _ = _chunk_level(x64, lv, config, params.dtype)
                 vals = _gather(flat, lv, idx, f)  # [n, C, F]
                 out[start : start + chunk, li * f : (li + 1) * f] = torch.bmm(w[:, None, :], vals)[:, 0]
+                if cache is not None:
+                    cache[0][li, start : start + chunk] = idx
+                    cache[1][li, start : start + chunk] = w
         ctx.save_for_backward(x, params)
+        ctx.cache = cache
         ctx.config = config
         ctx.chunk = chunk
         return out
@@ -316,6 +331,8 @@ class _HashEncode(torch.autograd.Function):
         x, params = ctx.saved_tensors
         config: HashGridConfig = ctx.config
         chunk: int = ctx.chunk
+        cache = ctx.cache
+        ctx.cache = None
         f = config.n_features_per_level
         d = config.n_input_dims
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -324,10 +341,13 @@ class _HashEncode(torch.autograd.Function):
         grad_x = torch.zeros(x.shape, dtype=params.dtype, device=x.device) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.to(params.dtype)
         for start in range(0, x.shape[0], chunk):
-            x64 = x[start : start + chunk].detach().to(torch.float64)
+            x64 = None if cache is not None else x[start : start + chunk].detach().to(torch.float64)
             for li, lv in enumerate(_levels(config)):
                 g = grad_out[start : start + chunk, li * f : (li + 1) * f]  # [n, F]
-                idx, w, u, du = _chunk_level(x64, lv, config, params.dtype)
+                if cache is not None:
+                    idx, w = cache[0][li, start : start + chunk], cache[1][li, start : start + chunk]
+                else:
+                    idx, w, u, du = _chunk_level(x64, lv, config, params.dtype)
                 if need_p:
                     # one strided 1-D scatter per feature: several times faster than 2-D index_add_
                     rows = grad_p.view(-1, f)[lv.offset : lv.offset + lv.size]
@@ -342,7 +362,7 @@ class _HashEncode(torch.autograd.Function):
                         grad_x[start : start + chunk, k] += lv.scale * du[:, k] * (dw * vg).sum(1)
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
-        return grad_x, grad_p, None, None
+        return grad_x, grad_p, None, None, None
 
 
 def hash_encode(
@@ -350,12 +370,15 @@ def hash_encode(
     params: Tensor,  # [n_params], tcnn's flat layout
     config: HashGridConfig,
     chunk_size: int = DEFAULT_CHUNK,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> Tensor:  # [..., n_levels * n_features_per_level]
     """Pure-torch multiresolution hash encoding, the reference for ``tinycudann.Encoding``.
 
     Output features are level-major (level 0's F features first) in ``params.dtype``; differentiable
     with respect to ``params`` and ``x`` (first order). Points are processed ``chunk_size`` at a time
-    in both passes, so memory does not grow with the number of points beyond input and output.
+    in both passes. For table-only gradients, corner indices and weights are kept from the forward
+    pass when they fit ``cache_bytes`` (about 1.5 KB per 3D point at 16 levels), which makes the
+    backward pass about twice as fast; beyond that they are recomputed, so memory stays bounded.
     Points outside ``[0, 1]`` are encoded as tcnn does (unsigned wraparound), which is rarely useful.
     """
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != config.n_input_dims:
@@ -377,7 +400,7 @@ def hash_encode(
     flat = x.reshape(-1, config.n_input_dims)
     if not params.is_contiguous():
         params = params.contiguous()
-    out = _HashEncode.apply(flat, params, config, int(chunk_size))
+    out = _HashEncode.apply(flat, params, config, int(chunk_size), int(cache_bytes))
     return out.reshape(*lead, config.n_output_dims)
 
 

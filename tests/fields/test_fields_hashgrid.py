@@ -172,6 +172,21 @@ def test_chunking_is_invisible(gen):
     torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
+def test_backward_cache_matches_recompute(gen):
+    """Table gradients are the same whether the forward pass kept indices/weights or not."""
+    cfg = CONFIGS["2d_f4_smooth"]
+    params = torch.randn(n_params(cfg), generator=gen)
+    x = torch.rand(37, 2, generator=gen)
+    v = torch.randn(37, cfg.n_output_dims, generator=gen)
+    grads = []
+    for cache_bytes in (0, 1 << 28):
+        p = params.clone().requires_grad_()
+        (g,) = torch.autograd.grad((hash_encode(x, p, cfg, chunk_size=10, cache_bytes=cache_bytes) * v).sum(), p)
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    assert grads[0].abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------------------
 # gradients
 

@@ -203,3 +203,13 @@ def test_lloyd_iterations_reduce_error(gen):
     idx = nearest_code(x, fitted)
     means = torch.zeros_like(fitted).index_add_(0, idx, x) / torch.bincount(idx, minlength=16)[:, None]
     assert (means - fitted).norm(dim=1).max().item() < 0.1
+
+
+def test_on_device(device, gen):
+    x = torch.randn(700, 7, generator=gen)
+    vq = ResidualVQ(7, n_stages=3, codebook_size=16).to(device)
+    vq.train()
+    x_q, indices, loss = vq(x.to(device))
+    assert x_q.device.type == device.type and indices.device.type == device.type
+    assert torch.equal(vq.decode(vq.encode(x.to(device))), x_q.detach())
+    assert mse(x, x_q.detach().cpu()) < 0.5 * mse(x, torch.zeros_like(x))
