@@ -418,8 +418,8 @@ def rasterization(
         rasterize_mode: ``"antialiased"`` scales opacities by ``sqrt(det(cov) / det(cov + eps2d I))``.
         tile_size: tile side of the torch path (the CUDA path uses gsplat's 16).
         chunk_pairs: pixel-Gaussian pairs per chunk of the torch path (bounds its memory).
-        backend: ``"auto"`` takes gsplat for CUDA tensors when it is installed and the torch path
-            otherwise (always for CPU tensors); ``"cuda"`` requires CUDA tensors and gsplat.
+        backend: ``"auto"`` takes gsplat for float32 CUDA tensors when it is installed and the torch
+            path otherwise (always for CPU tensors); ``"cuda"`` requires float32 CUDA tensors and gsplat.
 
     Returns:
         ``render_colors`` ``[C, H, W, D']`` (``D' = D``, 1 or ``D + 1`` by mode), ``render_alphas``
@@ -436,7 +436,10 @@ def rasterization(
     on_cuda = means.device.type == "cuda"
     if backend == "cuda" and not on_cuda:
         raise ValueError(f"backend 'cuda' needs CUDA tensors, but means is on {means.device}")
-    use = resolve_backend(backend, "gsplat") if on_cuda else "torch"
+    if backend == "cuda" and means.dtype != torch.float32:
+        raise ValueError(f"backend 'cuda' (gsplat) needs float32 tensors, got {means.dtype}")
+    # gsplat runs float32 CUDA tensors only; anything else takes the torch path
+    use = resolve_backend(backend, "gsplat") if on_cuda and means.dtype == torch.float32 else "torch"
     if use == "torch":
         return _rasterize_torch(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,

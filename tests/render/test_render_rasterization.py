@@ -200,6 +200,13 @@ class TestRasterizationExceptions:
         with pytest.raises(ValueError, match="Ks is on meta but means is on cpu"):
             self._call(Ks=torch.zeros(2, 3, 3, device="meta"))
 
+    def test_cuda_backend_needs_float32(self):
+        s = [t.double() for t in _scene()]
+        if torch.cuda.is_available():
+            s = [t.cuda() for t in s]
+        with pytest.raises(ValueError, match="needs (float32|CUDA) tensors"):
+            rasterization(*s, W, H, backend="cuda")
+
     def test_cuda_backend_needs_cuda_tensors(self):
         with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
             self._call(backend="cuda")
