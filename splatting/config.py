@@ -78,7 +78,8 @@ class TrainConfig:
     background: Optional[tuple[float, float, float]] = None
     """RGB in [0, 1] rendered behind the Gaussians; None uses the dataset's (black for RGB captures)."""
     random_background: bool = False
-    """Train on a random background colour each step (needs captures with alpha; others keep their background)."""
+    """Render on a random background colour each step; images with alpha are re-composited on the same colour,
+    RGB images are not (which, as gsplat's random_bkgd, pushes the Gaussians to cover the whole view)."""
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
     init_scale: float = 1.0

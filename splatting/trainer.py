@@ -370,6 +370,7 @@ def train(
     if ckpt is not None:
         controller.load_state_dict(ckpt["densify"], device=device)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
 
     def save_checkpoint(step: int) -> Path:
         path = out / f"ckpt_{step:05d}.pt"

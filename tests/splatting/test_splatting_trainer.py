@@ -159,3 +159,19 @@ def test_scene_extent():
     expected = 1.1 * np.linalg.norm(eyes - centre, axis=1).max()
     assert scene_extent(cams) == pytest.approx(expected, rel=1e-5)
     assert scene_extent(cams[[0]]) == 1.0
+
+
+def test_random_background_recomposites_rgba_captures(tmp_path):
+    from scenezip.scenes.loader import load_dataset
+    from scenezip.scenes.procedural import write_procedural_scene
+    from scenezip.splatting.trainer import _load_alpha
+
+    root = write_procedural_scene(tmp_path / "scene", n_train=3, n_val=1, n_test=1, width=16, height=16, seed=1)
+    ds = load_dataset(root, n_random_points=200, background=(1.0, 1.0, 1.0))
+    alpha = _load_alpha(ds, 0)
+    assert alpha is not None and alpha.shape == (16, 16, 1)
+    assert 0 < float(alpha.mean()) < 1  # object and background both in view
+    empty = alpha[..., 0] == 0
+    assert torch.all(ds.image(0)[empty] == 1.0)  # composited on white where alpha is 0
+    res = train(_config(tmp_path / "run", steps=4, random_background=True), ds)
+    assert math.isfinite(res.metrics["psnr"]) and json.loads((tmp_path / "run" / "config.json").read_text())["random_background"]
