@@ -20,7 +20,7 @@ import torch
 import tyro
 
 from scenezip._backend import tcnn_available
-from scenezip.fields.hashgrid import HashGrid, HashGridConfig, hash_encode
+from scenezip.fields.hashgrid import HashGrid, HashGridConfig
 from scenezip.quant.rvq import ResidualVQ
 
 
