@@ -140,7 +140,9 @@ def _n(params: Params) -> int:
 
 
 @torch.no_grad()
-def duplicate(params: Params, optimizers: Optimizers, mask: Tensor, stats: MutableMapping[str, Any] | None = None) -> int:
+def duplicate(
+    params: Params, optimizers: Optimizers, mask: Tensor, stats: MutableMapping[str, Any] | None = None
+) -> int:
     """Clone the Gaussians where ``mask [N]`` is true; copies are appended with zero optimizer moments."""
     n = _n(params)
     sel = torch.nonzero(mask, as_tuple=True)[0]
@@ -371,7 +373,8 @@ class DensityController:
         if self.prune_fn is not None:
             mask |= self.prune_fn(params).to(mask.device).bool()
         if bool(mask.all()):
-            warnings.warn("densify: every Gaussian met a prune criterion; pruning skipped", RuntimeWarning, stacklevel=2)
+            msg = "densify: every Gaussian met a prune criterion; pruning skipped"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
             return 0
         return remove(params, optimizers, mask, self.stats)
 

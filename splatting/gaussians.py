@@ -250,7 +250,9 @@ class GaussianModel(nn.Module):
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], device: torch.device | str = "cpu", source: str = "model") -> "GaussianModel":
+    def from_dict(
+        cls, data: Mapping[str, Any], device: torch.device | str = "cpu", source: str = "model"
+    ) -> "GaussianModel":
         """Inverse of :meth:`to_dict`; ``source`` names the file in error messages."""
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise SceneFileError(f"{source}: not a scenezip 3D Gaussian model (format {FORMAT!r} expected)")

@@ -47,7 +47,10 @@ CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 MODEL_FILE = "gaussians.pt"
 METRICS_FILE = "metrics.json"
 # Config fields that do not change the result of training (may differ between a run and its resumption).
-_RUNTIME_FIELDS = {"data", "out", "resume", "progress", "checkpoint_every", "keep_checkpoints", "eval_every"}
+# A resumption may also move to another backend or device (the result is then close, not identical).
+_RUNTIME_FIELDS = {
+    "data", "out", "resume", "progress", "checkpoint_every", "keep_checkpoints", "eval_every", "backend", "device",
+}  # fmt: skip
 
 
 @dataclass
@@ -93,7 +96,9 @@ def means_lr(config: TrainConfig, step: int, extent: float) -> float:
     return extent * math.exp((1.0 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
 
 
-def make_optimizers(params: Mapping[str, torch.nn.Parameter], config: TrainConfig, extent: float) -> dict[str, torch.optim.Adam]:
+def make_optimizers(
+    params: Mapping[str, torch.nn.Parameter], config: TrainConfig, extent: float
+) -> dict[str, torch.optim.Adam]:
     """One Adam per parameter (as 3DGS and gsplat), eps 1e-15."""
     lrs = {
         "means": config.lr_means * extent,
@@ -345,20 +350,28 @@ def train(
         if not ckpts:
             raise ScenezipError(f"{out}: resume requested but the folder holds no ckpt_XXXXX.pt")
         ckpt_path = ckpts[-1][1]
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ScenezipError(f"{ckpt_path}: not a scenezip 3DGS training checkpoint")
         changed = sorted(
             k for k, v in _config_dict(config).items() if k not in _RUNTIME_FIELDS and ckpt["config"].get(k) != v
         )
         if changed:
-            raise ScenezipError(f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones")
+            raise ScenezipError(
+                f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones"
+            )
         model = GaussianModel.from_dict(ckpt["model"], device=device, source=str(ckpt_path))
         optimizers = make_optimizers(model.splats, config, extent)
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
         start, train_s = int(ckpt["step"]), float(ckpt["train_s"])
-        gen.set_state(ckpt["rng"]["split"])
+        if ckpt["rng"].get("device_type") == device.type:
+            gen.set_state(ckpt["rng"]["split"])
+        else:  # RNG states do not transfer between CPU and CUDA generators
+            gen.manual_seed(config.seed + start)
     else:
         torch.manual_seed(config.seed)
         model = GaussianModel.from_points(
@@ -383,7 +396,7 @@ def train(
                 "model": model.to_dict(),
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "densify": controller.state_dict(),
-                "rng": {"split": gen.get_state()},
+                "rng": {"split": gen.get_state(), "device_type": device.type},
                 "config": _config_dict(config),
             },
             path,
@@ -422,7 +435,9 @@ def train(
                     bg = base_bg
                 optimizers["means"].param_groups[0]["lr"] = means_lr(config, step, extent)
                 sh = controller.schedule.sh_degree(step, config.sh_degree)
-                colors, _, meta = model.render(cam.viewmats, cam.Ks, w, h, sh_degree=sh, backgrounds=bg[None], **render_kw)
+                colors, _, meta = model.render(
+                    cam.viewmats, cam.Ks, w, h, sh_degree=sh, backgrounds=bg[None], **render_kw
+                )
                 if config.densify.enabled and controller.schedule.accumulates(step):
                     controller.retain_grads(meta)
                 img = colors[0, ..., :3]
@@ -440,16 +455,17 @@ def train(
                 bar.update(1)
                 if step % 10 == 0 or step == config.steps:
                     mse = float(((img.detach() - gt) ** 2).mean())
-                    bar.set_postfix(
-                        loss=f"{float(loss.detach()):.4f}", psnr=f"{-10 * math.log10(max(mse, 1e-10)):.2f}", n=len(model)
-                    )
+                    psnr_step = -10.0 * math.log10(max(mse, 1e-10))
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{psnr_step:.2f}", n=str(len(model)))
                 if on_step is not None:
                     on_step(step, {"loss": float(loss.detach()), "n_gaussians": len(model), **counts})
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     last_ckpt = save_checkpoint(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                     m = evaluate(model, ds, "test", **eval_kw)
-                    bar.write(f"step {step}: {m['split']} PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} ({len(model)} Gaussians)")
+                    bar.write(
+                        f"step {step}: {m['split']} PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} ({len(model)} Gaussians)"
+                    )
                 if interrupt.requested:
                     last_ckpt = save_checkpoint(step)
                     bar.write(f"interrupted: wrote {last_ckpt}; continue with resume")

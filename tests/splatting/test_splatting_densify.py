@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -244,7 +245,7 @@ class TestController:
     def test_max_gaussians_keeps_highest_gradients(self):
         params = _controlled_model()
         opts = _optimizers(params)
-        cfg = DensifyConfig(refine_start=2, refine_every=2, reset_every=6, refine_stop=20, schedule_scale=1.0, max_gaussians=6)
+        cfg = dataclasses.replace(self.cfg, max_gaussians=6)
         ctl = DensityController(cfg, 20, scene_extent=1.0)
         counts = ctl.step(params, opts, 4, _meta(5, torch.tensor([3e-4, 5e-4, 1e-4, 1e-4, 1e-4])))
         assert counts["split"] == 1 and counts["cloned"] == 0  # only the split (cost 1) fits
@@ -267,10 +268,14 @@ class TestController:
         assert torch.equal(other.stats["grad2d"], ctl.stats["grad2d"]) and float(other.stats["count"].sum()) == 5
 
 
+def _steps(s: DensifySchedule) -> tuple[int, ...]:
+    return (s.refine_start, s.refine_stop, s.refine_every, s.reset_every, s.sh_degree_every)
+
+
 class TestSchedule:
     def test_reference_numbers(self):
         s = DensifySchedule.from_config(DensifyConfig(), 30_000)
-        assert (s.refine_start, s.refine_stop, s.refine_every, s.reset_every, s.sh_degree_every) == (500, 15000, 100, 3000, 1000)
+        assert _steps(s) == (500, 15000, 100, 3000, 1000)
         assert not s.refines(500) and s.refines(600) and not s.refines(650) and not s.refines(15000)
         assert s.resets(3000) and s.resets(12000) and not s.resets(15000) and not s.resets(0)
         assert not s.prunes_large(3000) and s.prunes_large(3001)
@@ -278,7 +283,7 @@ class TestSchedule:
 
     def test_scales_with_run_length(self):
         s = DensifySchedule.from_config(DensifyConfig(), 3000)
-        assert (s.refine_start, s.refine_stop, s.refine_every, s.reset_every, s.sh_degree_every) == (50, 1500, 10, 300, 100)
+        assert _steps(s) == (50, 1500, 10, 300, 100)
         fixed = DensifySchedule.from_config(DensifyConfig(schedule_scale=1.0), 3000)
         assert fixed.refine_every == 100 and fixed.refine_stop == 15000
         tiny = DensifySchedule.from_config(DensifyConfig(), 30)

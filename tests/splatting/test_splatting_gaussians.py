@@ -71,7 +71,8 @@ class TestFromPoints:
 
     def test_constructor_checks_shapes(self):
         n = 4
-        args = [torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), torch.zeros(n, 1, 3), torch.zeros(n, 2, 3)]
+        shapes = [(n, 3), (n, 4), (n, 3), (n,), (n, 1, 3), (n, 2, 3)]
+        args = [torch.zeros(s) for s in shapes]
         with pytest.raises(ValueError, match="must be 1, 4, 9 or 16"):
             GaussianModel(*args)
         args[5] = torch.zeros(n, 3, 3)

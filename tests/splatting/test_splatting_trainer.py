@@ -131,6 +131,9 @@ def test_resume_errors(scene, tmp_path):
     train(_config(tmp_path, steps=4, checkpoint_every=2), scene)
     with pytest.raises(ScenezipError, match=r"options \['ssim_lambda'\] differ"):
         train(_config(tmp_path, steps=4, resume=True, ssim_lambda=0.5), scene)
+    (tmp_path / "ckpt_00099.pt").write_bytes(b"truncated")
+    with pytest.raises(ScenezipError, match="ckpt_00099.pt: cannot read the checkpoint"):
+        train(_config(tmp_path, steps=4, resume=True), scene)
 
 
 def test_bad_options(scene, tmp_path):
@@ -174,4 +177,5 @@ def test_random_background_recomposites_rgba_captures(tmp_path):
     empty = alpha[..., 0] == 0
     assert torch.all(ds.image(0)[empty] == 1.0)  # composited on white where alpha is 0
     res = train(_config(tmp_path / "run", steps=4, random_background=True), ds)
-    assert math.isfinite(res.metrics["psnr"]) and json.loads((tmp_path / "run" / "config.json").read_text())["random_background"]
+    assert math.isfinite(res.metrics["psnr"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["random_background"] is True
