@@ -109,7 +109,9 @@ def apply_mask(
         raise ValueError(f"scales_act must have shape [N, D], got {list(scales_act.shape)}")
     n = scales_act.shape[0]
     if mask_logits.shape not in ((n,), (n, 1)):
-        raise ValueError(f"mask_logits must have shape [N] or [N, 1] = [{n}] or [{n}, 1], got {list(mask_logits.shape)}")
+        raise ValueError(
+            f"mask_logits must have shape [N] or [N, 1] = [{n}] or [{n}, 1], got {list(mask_logits.shape)}"
+        )
     if opacities_act.shape not in ((n,), (n, 1)):
         raise ValueError(
             f"opacities_act must have shape [N] or [N, 1] = [{n}] or [{n}, 1], got {list(opacities_act.shape)}"

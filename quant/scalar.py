@@ -262,7 +262,8 @@ class LearnedStepQuantizer(nn.Module):
             raise ValueError(f"bits must be None or an integer in [2, 32], got {bits!r}")
         if not min_step > 0:
             raise ValueError(f"min_step must be > 0, got {min_step!r}")
-        s = torch.as_tensor(init_step.detach().cpu() if isinstance(init_step, Tensor) else init_step, dtype=torch.float32)
+        init = init_step.detach().cpu() if isinstance(init_step, Tensor) else init_step
+        s = torch.as_tensor(init, dtype=torch.float32)
         _check_step(s)
         self.bits = bits
         self.min_step = float(min_step)
