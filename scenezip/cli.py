@@ -6,11 +6,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
 
 import tyro
 
 from scenezip.errors import ScenezipError
+from scenezip.splatting.config import TrainConfig
 
 
 @dataclass
@@ -33,9 +37,186 @@ def cmd_data(args: DataArgs) -> None:
     print(format_summary(ds))
 
 
+@dataclass
+class TrainArgs(TrainConfig):
+    """Train a scene representation on a capture; writes checkpoints, scene.scz and metrics.json."""
+
+    method: Literal["3dgs"] = "3dgs"
+    """Representation to train: 3dgs (3D Gaussian splatting, uncompressed reference)."""
+
+
+def cmd_train(args: TrainArgs) -> None:
+    from scenezip.scene import scene_metadata
+    from scenezip.scenes.loader import load_dataset
+    from scenezip.scenes.scz import write_scz
+    from scenezip.splatting.gaussians import GaussianModel
+    from scenezip.splatting.streams import gaussians_to_streams
+    from scenezip.splatting.trainer import train
+
+    background = tuple(args.background) if args.background is not None else (1.0, 1.0, 1.0)
+    ds = load_dataset(args.data, downscale=args.downscale, test_every=args.test_every,
+                      n_random_points=args.random_points, seed=args.seed, background=background)  # fmt: skip
+    result = train(args, dataset=ds)
+    model = GaussianModel.load(result.model_path)
+    meta, streams = gaussians_to_streams(model)
+    scz = result.out_dir / "scene.scz"
+    nbytes = write_scz(scz, args.method, {**scene_metadata(ds), **meta}, streams)
+    m = result.metrics
+    print(f"{args.method}: {result.n_gaussians} Gaussians, {result.steps} steps in {result.train_s:.1f} s; "
+          f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")  # fmt: skip
+    print(f"wrote {scz} ({nbytes:,} bytes) and {result.metrics_path}")
+
+
+@dataclass
+class InfoArgs:
+    """Print a .scz file's method, metadata and the size of every stream."""
+
+    file: tyro.conf.Positional[Path]
+    """The .scz file."""
+
+
+def cmd_info(args: InfoArgs) -> None:
+    from scenezip.scenes.scz import scz_info
+
+    print(scz_info(args.file))
+
+
+@dataclass
+class RenderArgs:
+    """Render a .scz file from the cameras of a capture split and write PNG images."""
+
+    file: tyro.conf.Positional[Path]
+    """The .scz file."""
+    data: Path
+    """Capture whose cameras to render (the one the scene was trained on)."""
+    out: Path = Path("renders")
+    """Output folder for the PNG images (one per camera, named after the capture's images)."""
+    split: Literal["train", "val", "test", "all"] = "test"
+    """Which cameras of the capture to render."""
+    downscale: Optional[int] = None
+    """Image downscale factor; default: the one that matches the image size stored in the file."""
+    backend: Literal["auto", "torch", "cuda"] = "auto"
+    """Rasterizer backend."""
+
+
+def _open_for_rendering(file: Path, data: Path, downscale: Optional[int], backend: str):
+    from scenezip._backend import resolve_backend
+    from scenezip.scene import load_scene
+    from scenezip.scenes.loader import load_dataset
+
+    device = "cuda" if resolve_backend(backend) == "cuda" else "cpu"
+    scene = load_scene(file, device=device)
+    meta = scene.metadata.get("scene", {})
+    bg = meta.get("background")
+    if downscale is None:
+        native = load_dataset(data, n_random_points=1)
+        stored = meta.get("image_size")
+        w = int(native.cameras.widths[0])
+        downscale = max(1, round(w / stored[0])) if stored else 1
+    ds = load_dataset(data, downscale=downscale, n_random_points=1,
+                      background=tuple(bg) if bg else (1.0, 1.0, 1.0))  # fmt: skip
+    background = torch.tensor(bg if bg else [0.0, 0.0, 0.0], dtype=torch.float32, device=device)
+    return scene, ds, background, device
+
+
+def _render_view(scene, ds, i: int, background, device, backend: str):
+    cams = ds.cameras[int(i)].to(device)
+    rgb, _ = scene.render(cams.viewmats, cams.Ks, int(cams.widths[0]), int(cams.heights[0]),
+                          backgrounds=background[None], backend=backend)  # fmt: skip
+    return rgb[0]
+
+
+def cmd_render(args: RenderArgs) -> None:
+    import imageio.v3 as iio
+    from tqdm.auto import tqdm
+
+    scene, ds, background, device = _open_for_rendering(args.file, args.data, args.downscale, args.backend)
+    ids = ds.indices(args.split)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(ids, desc=f"render {args.split}", unit="view"):
+        rgb = _render_view(scene, ds, int(i), background, device, args.backend)
+        img = (rgb.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        iio.imwrite(args.out / (Path(ds.image_paths[int(i)]).stem + ".png"), img)
+    print(f"wrote {len(ids)} images to {args.out}")
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a .scz file on a capture split: PSNR, SSIM, LPIPS (or why it is unavailable), size, count, FPS."""
+
+    file: tyro.conf.Positional[Path]
+    """The .scz file."""
+    data: tyro.conf.Positional[Path]
+    """Capture the scene was trained on."""
+    split: Literal["train", "val", "test", "all"] = "test"
+    """Which images to compare against."""
+    downscale: Optional[int] = None
+    """Image downscale factor; default: the one that matches the image size stored in the file."""
+    backend: Literal["auto", "torch", "cuda"] = "auto"
+    """Rasterizer backend."""
+    lpips: bool = True
+    """Compute LPIPS (VGG) when its weights are on this machine; otherwise it is reported unavailable."""
+    json: Optional[Path] = None
+    """Also write the figures to this JSON file."""
+
+
+def cmd_eval(args: EvalArgs) -> None:
+    import json
+    import time
+
+    from tqdm.auto import tqdm
+
+    from scenezip.render.metrics import lpips, lpips_available, psnr, ssim
+
+    scene, ds, background, device = _open_for_rendering(args.file, args.data, args.downscale, args.backend)
+    use_lpips, note = lpips_available() if args.lpips else (False, "disabled by --no-lpips")
+    rows, render_s = [], 0.0
+    for i in tqdm(ds.indices(args.split), desc=f"eval {args.split}", unit="view"):
+        t0 = time.perf_counter()
+        rgb = _render_view(scene, ds, int(i), background, device, args.backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        render_s += time.perf_counter() - t0
+        ref = ds.image(int(i)).to(device)
+        row = {"psnr": float(psnr(rgb, ref)), "ssim": float(ssim(rgb, ref))}
+        if use_lpips:
+            row["lpips"] = float(lpips(rgb, ref))
+        rows.append(row)
+    if not rows:
+        raise ScenezipError(f"{args.data}: split {args.split!r} has no images")
+    n = len(rows)
+    result = {
+        "file": str(args.file),
+        "method": scene.method,
+        "split": args.split,
+        "n_images": n,
+        "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
+        "psnr": sum(r["psnr"] for r in rows) / n,
+        "ssim": sum(r["ssim"] for r in rows) / n,
+        "lpips": sum(r["lpips"] for r in rows) / n if use_lpips else None,
+        "lpips_note": note,
+        "size_bytes": scene.size_bytes,
+        "n_primitives": scene.n_primitives,
+        "render_fps": n / render_s if render_s > 0 else None,
+        "device": device,
+    }
+    lp = f"{result['lpips']:.4f}" if use_lpips else f"unavailable ({note})"
+    print(f"{scene.method} on {args.split} ({n} images at {result['resolution'][0]}x{result['resolution'][1]}): "
+          f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, LPIPS {lp}")  # fmt: skip
+    print(f"size {scene.size_bytes:,} bytes, {scene.n_primitives:,} primitives, "
+          f"render {result['render_fps']:.2f} FPS on {device}")  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
 COMMANDS: dict[str, tuple[type, Callable[[object], None]]] = {
     "data": (DataArgs, cmd_data),
+    "train": (TrainArgs, cmd_train),
+    "render": (RenderArgs, cmd_render),
+    "eval": (EvalArgs, cmd_eval),
+    "info": (InfoArgs, cmd_info),
 }
+
 
 
 def _usage() -> str:
