@@ -4,6 +4,7 @@ turns into options, so ``--help`` documents every knob. Errors a user can cause 
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scenezip: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     cls, fn = COMMANDS[name]
+    # notices such as the backend fallback print as one plain line, not with the warning's source line
+    warnings.showwarning = lambda message, *_a, **_k: print(message, file=sys.stderr)
     args = tyro.cli(cls, args=argv[1:], prog=f"scenezip {name}", description=cls.__doc__)
     try:
         fn(args)
