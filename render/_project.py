@@ -83,3 +83,57 @@ def camera_centers(viewmats: Tensor) -> Tensor:
     """World-space camera centres ``-R^T t`` of world-to-camera matrices ``[C, 4, 4]``; returns ``[C, 3]``."""
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
     return -torch.einsum("cji,cj->ci", R, t)
+
+
+def check_splat_inputs(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    sh_degree: int | None,
+) -> int:
+    """Shape checks shared by the 3DGS and 2DGS rasterizers; each message names the argument.
+
+    Returns the number of colour channels ``D`` the render will have.
+    """
+    if not isinstance(means, Tensor) or means.ndim != 2 or means.shape[-1] != 3:
+        raise ValueError(f"means must have shape [N, 3], got {tuple(getattr(means, 'shape', ()))}")
+    N = means.shape[0]
+    for name, t, tail in (("quats", quats, (4,)), ("scales", scales, (3,)), ("opacities", opacities, ())):
+        shape = (N, *tail)
+        if tuple(t.shape) != shape:
+            generic = "[N" + "".join(f", {d}" for d in tail) + "]"
+            raise ValueError(f"{name} must have shape {generic} = {list(shape)}, got {tuple(t.shape)}")
+    if viewmats.ndim != 3 or viewmats.shape[-2:] != (4, 4):
+        raise ValueError(f"viewmats must have shape [C, 4, 4], got {tuple(viewmats.shape)}")
+    C = viewmats.shape[0]
+    if Ks.shape != (C, 3, 3):
+        raise ValueError(f"Ks must have shape [C, 3, 3] = [{C}, 3, 3], got {tuple(Ks.shape)}")
+    if sh_degree is None:
+        if colors.ndim != 2 or colors.shape[0] != N or colors.shape[1] < 1:
+            raise ValueError(f"colors must have shape [N, D] = [{N}, D] when sh_degree is None, got {tuple(colors.shape)}")
+        return int(colors.shape[1])
+    if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
+        raise ValueError(f"sh_degree must be None or an int in 0..3, got {sh_degree!r}")
+    k = (sh_degree + 1) ** 2
+    if colors.ndim != 3 or colors.shape[0] != N or colors.shape[2] != 3 or colors.shape[1] < k:
+        raise ValueError(
+            f"colors must have shape [N, K, 3] = [{N}, K>={k}, 3] SH coefficients for sh_degree={sh_degree}, "
+            f"got {tuple(colors.shape)}"
+        )
+    return 3
+
+
+def view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
+    """Per-camera colours ``[C, N, D]``: SH evaluated along camera-to-Gaussian directions (+0.5, clamped at
+    0, as 3DGS and gsplat do) or the given ``[N, D]`` colours for every camera."""
+    C = viewmats.shape[0]
+    if sh_degree is None:
+        return colors[None].expand(C, -1, -1)
+    from scenezip.render.sh import spherical_harmonics
+
+    dirs = means[None, :, :] - camera_centers(viewmats)[:, None, :]  # [C, N, 3]
+    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, colors[None].expand(C, -1, -1, -1)) + 0.5, 0.0)

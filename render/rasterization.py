@@ -29,7 +29,6 @@ produce per-pixel absolute gradients cheaply).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -37,9 +36,14 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from scenezip._backend import BACKENDS, import_gsplat, resolve_backend
-from scenezip.render._project import camera_centers, covar_world_to_cam, quat_scale_to_covar, world_to_cam
+from scenezip.render._project import (
+    check_splat_inputs,
+    covar_world_to_cam,
+    quat_scale_to_covar,
+    view_colors,
+    world_to_cam,
+)
 from scenezip.render._tiles import DEFAULT_CHUNK_PAIRS, DEFAULT_TILE_SIZE, isect_tiles, rasterize_tiles
-from scenezip.render.sh import spherical_harmonics
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
@@ -160,34 +164,8 @@ def _check_inputs(
     backend: str,
 ) -> None:
     """Validate shapes and options once, before any kernel; every message names the argument."""
-    if means.ndim != 2 or means.shape[-1] != 3:
-        raise ValueError(f"means must have shape [N, 3], got {tuple(means.shape)}")
-    N = means.shape[0]
-    if quats.shape != (N, 4):
-        raise ValueError(f"quats must have shape [N, 4] = [{N}, 4], got {tuple(quats.shape)}")
-    if scales.shape != (N, 3):
-        raise ValueError(f"scales must have shape [N, 3] = [{N}, 3], got {tuple(scales.shape)}")
-    if opacities.shape != (N,):
-        raise ValueError(f"opacities must have shape [N] = [{N}], got {tuple(opacities.shape)}")
-    if viewmats.ndim != 3 or viewmats.shape[-2:] != (4, 4):
-        raise ValueError(f"viewmats must have shape [C, 4, 4], got {tuple(viewmats.shape)}")
+    n_channels = check_splat_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree)
     C = viewmats.shape[0]
-    if Ks.shape != (C, 3, 3):
-        raise ValueError(f"Ks must have shape [C, 3, 3] = [{C}, 3, 3], got {tuple(Ks.shape)}")
-    if sh_degree is None:
-        if colors.ndim != 2 or colors.shape[0] != N:
-            raise ValueError(f"colors must have shape [N, D] = [{N}, D] when sh_degree is None, got {tuple(colors.shape)}")
-        n_channels = colors.shape[1]
-    else:
-        if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
-            raise ValueError(f"sh_degree must be None or an int in 0..3, got {sh_degree!r}")
-        k = (sh_degree + 1) ** 2
-        if colors.ndim != 3 or colors.shape[0] != N or colors.shape[2] != 3 or colors.shape[1] < k:
-            raise ValueError(
-                f"colors must have shape [N, K, 3] = [{N}, >={k}, 3] SH coefficients for sh_degree={sh_degree}, "
-                f"got {tuple(colors.shape)}"
-            )
-        n_channels = 3
     for name, v in (("width", width), ("height", height), ("tile_size", tile_size), ("chunk_pairs", chunk_pairs)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -224,11 +202,7 @@ def _gaussian_values(
     if render_mode in ("D", "ED"):
         bg = None if backgrounds is None else backgrounds.new_zeros(C, 1)
         return proj["depths"][..., None], bg
-    if sh_degree is None:
-        rgb = colors[None].expand(C, N, colors.shape[-1])
-    else:
-        dirs = means[None, :, :] - camera_centers(viewmats)[:, None, :]  # [C, N, 3]
-        rgb = torch.clamp_min(spherical_harmonics(sh_degree, dirs, colors) + 0.5, 0.0)
+    rgb = view_colors(means, colors, viewmats, sh_degree)
     if render_mode == "RGB":
         return rgb, backgrounds
     bg = None if backgrounds is None else torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)

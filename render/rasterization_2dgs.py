@@ -56,9 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scenezip._backend import import_gsplat, resolve_backend
-from scenezip.render._project import quat_to_rotmat, world_to_cam
+from scenezip.render._project import check_splat_inputs, quat_to_rotmat, view_colors, world_to_cam
 from scenezip.render._tiles import DEFAULT_CHUNK_PAIRS, TileIntersections, isect_tiles, rasterize_tiles
-from scenezip.render.sh import spherical_harmonics
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -341,33 +340,10 @@ def _composite_dense(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
                   radius_clip, eps2d, sh_degree, backgrounds, render_mode, depth_mode, surfel_depth) -> None:
-    if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[-1] != 3:
-        raise ValueError(f"means must have shape [N, 3], got {tuple(getattr(means, 'shape', ()))}")
+    check_splat_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree)
     if not means.is_floating_point():
         raise ValueError(f"means must be a floating-point tensor, got {means.dtype}")
-    N = means.shape[0]
-    if quats.shape != (N, 4):
-        raise ValueError(f"quats must have shape [{N}, 4], got {tuple(quats.shape)}")
-    if scales.shape != (N, 3):
-        raise ValueError(f"scales must have shape [{N}, 3], got {tuple(scales.shape)}")
-    if opacities.shape != (N,):
-        raise ValueError(f"opacities must have shape [{N}], got {tuple(opacities.shape)}")
-    if viewmats.dim() != 3 or viewmats.shape[-2:] != (4, 4):
-        raise ValueError(f"viewmats must have shape [C, 4, 4], got {tuple(viewmats.shape)}")
     C = viewmats.shape[0]
-    if Ks.shape != (C, 3, 3):
-        raise ValueError(f"Ks must have shape [{C}, 3, 3], got {tuple(Ks.shape)}")
-    if sh_degree is None:
-        if colors.dim() != 2 or colors.shape[0] != N or colors.shape[1] < 1:
-            raise ValueError(f"colors must have shape [{N}, D] when sh_degree is None, got {tuple(colors.shape)}")
-    else:
-        if not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
-            raise ValueError(f"sh_degree must be None or an int in 0..3, got {sh_degree!r}")
-        k = (sh_degree + 1) ** 2
-        if colors.dim() != 3 or colors.shape[0] != N or colors.shape[1] < k or colors.shape[2] != 3:
-            raise ValueError(
-                f"colors must have shape [{N}, K>={k}, 3] for sh_degree {sh_degree}, got {tuple(colors.shape)}"
-            )
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}
     if backgrounds is not None:
@@ -432,13 +408,8 @@ def _prepare(means, quats, scales, opacities, colors, viewmats, Ks, width, heigh
     C, N = depths.shape
     if render_mode in ("D", "ED"):
         rgb = means.new_zeros(C, N, 0)
-    elif sh_degree is not None:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]
-        dirs = means[None] - campos[:, None]  # [C, N, 3]
-        rgb = spherical_harmonics(sh_degree, dirs, colors[None].expand(C, -1, -1, -1))
-        rgb = (rgb + 0.5).clamp_min(0.0)
     else:
-        rgb = colors[None].expand(C, -1, -1)
+        rgb = view_colors(means, colors, viewmats, sh_degree)
     feats = torch.cat([rgb, normals], -1)  # [C, N, D + 3]
     proj = {"radii": radii, "means2d": means2d, "depths": depths, "ray_transforms": rays, "normals": normals}
     return proj, feats, opacities[None].expand(C, -1), rgb.shape[-1]
