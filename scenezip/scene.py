@@ -53,7 +53,14 @@ def _load_3dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tu
     return model, len(model)
 
 
-LOADERS: dict[str, Callable[[dict, dict, str], tuple[Any, int]]] = {"3dgs": _load_3dgs}
+def _load_c3dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
+    from scenezip.splatting.c3dgs import c3dgs_from_streams
+
+    model = c3dgs_from_streams(arrays, metadata, source)
+    return model, len(model)
+
+
+LOADERS: dict[str, Callable[[dict, dict, str], tuple[Any, int]]] = {"3dgs": _load_3dgs, "c3dgs": _load_c3dgs}
 
 
 def load_scene(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedScene:

@@ -211,3 +211,14 @@ def test_dense_positions_use_rans_delta_and_round_trip(tmp_path):
     assert torch.equal(d.splats["means"].detach(), m.quantized_copy().splats["means"].detach())
     # The lattice is exactly representable on the 16-bit grid up to float32 rounding of its ends.
     assert float((d.splats["means"].detach().sort(0).values - pts.sort(0).values).abs().max()) < 1e-5
+
+
+def test_cli_loader_opens_c3dgs_files_and_renders_the_decoded_scene(coded):
+    from scenezip.scene import load_scene
+
+    m, _, _, path = coded
+    scene = load_scene(path)
+    assert scene.method == METHOD and scene.n_primitives == 103 and scene.size_bytes == path.stat().st_size
+    vm, K = _cameras()
+    rgb, _ = scene.render(vm, K, 32, 24, backend="torch")
+    torch.testing.assert_close(rgb, _render(m.quantized_copy()).clamp(0, 1), atol=0, rtol=0)
