@@ -229,4 +229,7 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["read_ply", "write_ply", "ply_property_names", "check_gaussians", "write_atomic", "GAUSSIAN_KEYS"]
+read_ply_gaussians = read_ply  # the name splatting/compress.py imports
+
+__all__ = ["read_ply", "read_ply_gaussians", "write_ply", "ply_property_names", "check_gaussians", "write_atomic",
+           "GAUSSIAN_KEYS"]
