@@ -688,13 +688,15 @@ DECODERS: dict[str, Callable[[bytes, str], dict[str, np.ndarray]]] = {
 }  # fmt: skip
 
 
-def write_splats(path: str | os.PathLike, splats: Mapping[str, np.ndarray], fmt: SplatFormat) -> Path:
-    """Write Gaussians in ``fmt`` (``ply``, ``splat``, ``spz``, ``sog``, ``glb``) to ``path`` atomically."""
+def write_splats(path: str | os.PathLike, splats: Mapping[str, np.ndarray], fmt: SplatFormat, **options) -> Path:
+    """Write Gaussians in ``fmt`` (``ply``, ``splat``, ``spz``, ``sog``, ``glb``) to ``path`` atomically.
+
+    ``options`` go to the encoder (``version`` for SPZ; ``sh_palette``, ``kmeans_iters`` for SOG)."""
     if fmt == "ply":
         return write_ply(path, splats)
     if fmt not in ENCODERS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    return write_atomic(path, ENCODERS[fmt](splats))
+    return write_atomic(path, ENCODERS[fmt](splats, **options))
 
 
 def read_splats(path: str | os.PathLike, fmt: SplatFormat | None = None) -> dict[str, np.ndarray]:
