@@ -714,12 +714,10 @@ def read_splats(path: str | os.PathLike, fmt: SplatFormat | None = None) -> dict
 
 def flatten_surfels(scales: np.ndarray, ratio: float = 1e-3, floor: float = -13.8) -> np.ndarray:
     """Log scales of 2D surfels with a finite third axis, the convention surfel exports use for 3DGS
-    viewers: ``s2 = max(min(s2, min(s0, s1) + ln(ratio)), floor)`` (a disc ``ratio`` times thinner than
-    its smaller axis, never below ``exp(floor) ~ 1e-6``)."""
+    viewers: the degenerate third axis becomes ``ratio`` times the smaller of the other two (a thin disc),
+    never below ``exp(floor) ~ 1e-6``: ``s2 = max(min(s0, s1) + ln(ratio), floor)``."""
     s = np.array(scales, dtype=np.float32, copy=True)
-    thin = np.minimum(s[:, 0], s[:, 1]) + np.float32(math.log(ratio))
-    s2 = np.where(np.isfinite(s[:, 2]), s[:, 2], -np.inf)
-    s[:, 2] = np.maximum(np.minimum(s2, thin), floor)
+    s[:, 2] = np.maximum(np.minimum(s[:, 0], s[:, 1]) + np.float32(math.log(ratio)), floor)
     return s
 
 
