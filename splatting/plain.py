@@ -71,7 +71,8 @@ class PlainSplats:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {getattr(self, name).shape}")
         if self.shN.ndim != 3 or self.shN.shape[0] != n or self.shN.shape[2] != 3:
             raise ValueError(f"shN must have shape [{n}, K-1, 3], got {self.shN.shape}")
-        sh_degree_from_bases(self.shN.shape[1] + 1)
+        if self.shN.shape[1] not in (0, 3, 8, 15):
+            raise ValueError(f"shN must hold K-1 = 0, 3, 8 or 15 bands (SH degree 0..3), got {self.shN.shape[1]}")
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
@@ -191,7 +192,7 @@ def to_plain(model: Any, sh_degree: int | None = None, n_dirs: int = 64, seed: i
         if degree > model.sh_degree:
             raise ValueError(f"sh_degree must be at most the model's degree {model.sh_degree}, got {sh_degree}")
         k = num_sh_bases(degree)
-        s = {name: v.detach().cpu() for name, v in model.splats.items()}
+        s = {name: v.detach().cpu().clone() for name, v in model.splats.items()}  # never alias the model
         return PlainSplats(s["means"].numpy(), _unit_quats(s["quats"]).numpy(), s["scales"].numpy(),
                            s["opacities"].numpy(), s["sh0"].numpy(), s["shN"][:, : k - 1].numpy())  # fmt: skip
     if isinstance(model, C3DGSModel):
