@@ -2,9 +2,10 @@
 renders), masked Gaussians dropped, other types refused.
 
 Bake tolerances: the tiny random colour field below is smooth in the view direction, so a degree-3 SH fit
-over 64 directions reproduces it to an RMS of a few 1e-3; we assert RMS <= 0.02 on held-out directions
-(a different rotation of the direction lattice) and PSNR >= 35 dB between renders of the baked 3DGS model
-and the c3dgs model on a 32x24 camera (an SH of the wrong sign convention or channel order gives < 25 dB).
+over 64 directions reproduces it to an RMS of about 0.013 (measured); we assert RMS <= 0.02 on held-out
+directions (another rotation of the direction lattice) and PSNR >= 40 dB (measured 44.3) between renders
+of the baked 3DGS model and the c3dgs model on a 32x24 camera. Measured for wrong bakes: higher bands with
+flipped signs give RMS 0.044 / 29.7 dB, a degree-0 bake RMS 0.025 / 36.1 dB; both fail.
 """
 
 from __future__ import annotations
@@ -157,4 +158,4 @@ def test_baked_render_matches_c3dgs_render(baked):
     mse = float(((img.clamp(0, 1) - ref.clamp(0, 1)) ** 2).mean())
     psnr = -10 * np.log10(max(mse, 1e-12))
     assert float(ref.mean()) > 0.05  # the scene is visible
-    assert psnr >= 35.0, psnr
+    assert psnr >= 40.0, psnr
