@@ -1,0 +1,219 @@
+"""2D Gaussians that represent one image (GaussianImage, Zhang et al., ECCV 2024), their
+initialization and their fitting.
+
+Written by hand. What follows GaussianImage: each Gaussian has a position, a Cholesky-factored
+covariance and an RGB colour with opacity folded in, and the image is their accumulated sum
+(:mod:`scenezip.render.rasterization_image`); fitting is Adam on the L2 loss. What differs, and why:
+
+- **Parametrization** in pixels: ``means`` ``[N, 2]`` (pixel centres at ``+0.5``) and ``chol_raw``
+  ``[N, 3] = (log l1, l2, log l3)``, so the Cholesky diagonal stays positive without a clamp and the
+  codec quantizes log-scales (relative precision) instead of absolute ones.
+- **Initialization where the image has detail**: GaussianImage places Gaussians uniformly at random.
+  Here positions are drawn, without replacement, from the pixels with probability
+  ``uniform_mix / (H W) + (1 - uniform_mix) * g / sum(g)``, ``g`` the blurred gradient magnitude of
+  the luma; each Gaussian starts isotropic with a scale from the distance to its nearest neighbours
+  (so dense regions get small Gaussians), and its colour is the image colour at its centre divided by
+  the initial sum of weights there (so the first render is already close to the image).
+- **Schedule**: cosine decay of every learning rate to ``final_lr_fraction`` of its start (GaussianImage
+  halves the rate every 20k of 50k GPU steps; a CPU fit has a few hundred to a few thousand steps).
+- **Loss** on the render clamped to [0, 1], the pixels a decoder outputs (before 8-bit rounding).
+
+:func:`fit` takes an optional ``transform`` of the parameters applied in every forward pass: the codec
+passes its quantizers there for quantization-aware training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from scenezip.render.rasterization_image import rasterize_image
+
+Params = tuple[Tensor, Tensor, Tensor]  # means [N, 2], chol_raw [N, 3], colors [N, 3]
+
+
+def chol_from_raw(chol_raw: Tensor) -> Tensor:  # [N, 3] -> [N, 3]
+    """``(log l1, l2, log l3)`` -> Cholesky factor ``(l1, l2, l3)`` in pixels."""
+    return torch.stack([chol_raw[:, 0].exp(), chol_raw[:, 1], chol_raw[:, 2].exp()], -1)
+
+
+def render_params(means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int) -> Tensor:
+    """Render ``[H, W, 3]`` (unclamped) from raw parameters (see module docstring for shapes)."""
+    return rasterize_image(means, chol_from_raw(chol_raw), colors, width, height)
+
+
+def _check_image(img: Tensor) -> None:
+    if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[2] != 3 or not img.is_floating_point():
+        raise ValueError(f"img must be a float tensor of shape [H, W, 3], got {getattr(img, 'shape', type(img))}")
+
+
+def detail_map(img: Tensor) -> Tensor:  # [H, W, 3] -> [H, W]
+    """Gradient magnitude of the luma, blurred by a 3x3 box (where the image has detail)."""
+    _check_image(img)
+    luma = (img * img.new_tensor([0.299, 0.587, 0.114])).sum(-1)[None, None]
+    gx = F.pad(luma[..., :, 1:] - luma[..., :, :-1], (0, 1, 0, 0))
+    gy = F.pad(luma[..., 1:, :] - luma[..., :-1, :], (0, 0, 0, 1))
+    g = torch.sqrt(gx * gx + gy * gy)
+    return F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
+
+
+class ImageGaussians(nn.Module):
+    """``N`` 2D Gaussians of a ``width x height`` image (parameters in pixels, see module docstring)."""
+
+    def __init__(self, means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int) -> None:
+        super().__init__()
+        n = means.shape[0]
+        if means.dim() != 2 or means.shape[1] != 2:
+            raise ValueError(f"means must have shape [N, 2], got {tuple(means.shape)}")
+        if tuple(chol_raw.shape) != (n, 3):
+            raise ValueError(f"chol_raw must have shape [{n}, 3], got {tuple(chol_raw.shape)}")
+        if tuple(colors.shape) != (n, 3):
+            raise ValueError(f"colors must have shape [{n}, 3], got {tuple(colors.shape)}")
+        if width < 1 or height < 1:
+            raise ValueError(f"width and height must be >= 1, got {width}, {height}")
+        self.width, self.height = int(width), int(height)
+        self.means = nn.Parameter(means.detach().to(torch.float32).clone())
+        self.chol_raw = nn.Parameter(chol_raw.detach().to(torch.float32).clone())
+        self.colors = nn.Parameter(colors.detach().to(torch.float32).clone())
+
+    @property
+    def n(self) -> int:
+        return self.means.shape[0]
+
+    def params(self) -> Params:
+        return self.means, self.chol_raw, self.colors
+
+    def render(self, transform: Callable[[Params], Params] | None = None) -> Tensor:  # [H, W, 3]
+        """Unclamped render, of the parameters as ``transform`` (e.g. quantization) leaves them."""
+        p = self.params() if transform is None else transform(self.params())
+        return render_params(*p, self.width, self.height)
+
+    @torch.no_grad()
+    def importance(self) -> Tensor:  # [N]
+        """Integrated colour mass ``|c| * 2 pi l1 l3`` of each Gaussian (pruning order: smallest first)."""
+        return self.colors.norm(dim=-1) * (self.chol_raw[:, 0] + self.chol_raw[:, 2]).exp() * (2 * math.pi)
+
+    @torch.no_grad()
+    def keep(self, idx: Tensor) -> "ImageGaussians":
+        """A new model holding the Gaussians ``idx`` ``[M]`` (indices or a boolean mask)."""
+        return ImageGaussians(self.means[idx], self.chol_raw[idx], self.colors[idx], self.width, self.height)
+
+
+@torch.no_grad()
+def init_from_image(
+    img: Tensor,  # [H, W, 3] in [0, 1]
+    n: int,
+    uniform_mix: float = 0.3,
+    scale_factor: float = 0.8,
+    seed: int = 0,
+) -> ImageGaussians:
+    """``n`` Gaussians placed where the image has detail (see module docstring). Deterministic in ``seed``."""
+    _check_image(img)
+    h, w = img.shape[0], img.shape[1]
+    if not 1 <= n <= h * w:
+        raise ValueError(f"n must be in [1, H*W = {h * w}], got {n}")
+    if not 0.0 <= uniform_mix <= 1.0:
+        raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    img = img.detach().to(torch.float32).cpu()
+    g = detail_map(img).reshape(-1).to(torch.float64)
+    total = float(g.sum())
+    prob = torch.full_like(g, 1.0 / g.numel())
+    prob = uniform_mix * prob + (1.0 - uniform_mix) * (g / total if total > 0 else prob)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(prob, n, replacement=False, generator=gen)
+    xy = torch.stack([(pick % w).to(torch.float32), torch.div(pick, w, rounding_mode="floor").to(torch.float32)], -1)
+    means = xy + torch.rand(n, 2, generator=gen)
+    # scale from the mean distance to the 3 nearest neighbours (cKDTree; exact and fast)
+    from scipy.spatial import cKDTree
+
+    k = min(4, n)
+    if k > 1:
+        dist, _ = cKDTree(means.numpy().astype(np.float64)).query(means.numpy().astype(np.float64), k=k)
+        spacing = torch.from_numpy(dist[:, 1:].mean(1)).to(torch.float32)
+    else:
+        spacing = torch.full((n,), math.sqrt(h * w), dtype=torch.float32)
+    sigma = (scale_factor * spacing).clamp(0.5, 0.25 * max(h, w))
+    chol_raw = torch.stack([sigma.log(), torch.zeros(n), sigma.log()], -1)
+    # colour: image at the centre over the sum of weights of all (unit-colour) Gaussians there
+    ones = torch.ones(n, 1)
+    wsum = rasterize_image(means, chol_from_raw(chol_raw), ones, w, h)[..., 0]
+    px, py = pick % w, torch.div(pick, w, rounding_mode="floor")
+    colors = img[py, px] / wsum[py, px, None].clamp_min(1.0)
+    return ImageGaussians(means, chol_raw, colors, w, h)
+
+
+@dataclass
+class FitConfig:
+    """Adam on the L2 loss with a cosine learning-rate decay (learning rates per parameter group)."""
+
+    steps: int = 1000
+    """Optimization steps."""
+    lr_means: float = 0.3
+    """Learning rate of the positions (pixels)."""
+    lr_chol: float = 0.05
+    """Learning rate of the raw Cholesky factors (log l1, l2, log l3)."""
+    lr_colors: float = 0.02
+    """Learning rate of the colours."""
+    final_lr_fraction: float = 0.05
+    """Every learning rate decays (cosine) to this fraction of its start."""
+
+
+def psnr_of(render: Tensor, img: Tensor) -> float:
+    """PSNR (dB, peak 1) of a render clamped to [0, 1] against ``img``."""
+    mse = float(torch.mean((render.clamp(0, 1) - img) ** 2))
+    return 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def fit(
+    model: ImageGaussians,
+    img: Tensor,  # [H, W, 3] in [0, 1]
+    config: FitConfig | None = None,
+    transform: Callable[[Params], Params] | None = None,
+    progress: bool = True,
+    desc: str = "fit",
+) -> float:
+    """Fit ``model`` to ``img`` in place; returns the PSNR of the final (transformed) render.
+
+    ``transform`` maps ``(means, chol_raw, colors)`` to what is rendered (quantization-aware training).
+    The progress bar shows the loss as PSNR.
+    """
+    cfg = config or FitConfig()
+    _check_image(img)
+    if tuple(img.shape[:2]) != (model.height, model.width):
+        raise ValueError(f"img is {tuple(img.shape[:2])}, model is {(model.height, model.width)} (H, W)")
+    if cfg.steps < 0:
+        raise ValueError(f"steps must be >= 0, got {cfg.steps}")
+    img = img.detach().to(torch.float32)
+    opt = torch.optim.Adam(
+        [
+            {"params": [model.means], "lr": cfg.lr_means},
+            {"params": [model.chol_raw], "lr": cfg.lr_chol},
+            {"params": [model.colors], "lr": cfg.lr_colors},
+        ],
+        eps=1e-15,
+    )
+    base = [g["lr"] for g in opt.param_groups]
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        t = step / max(cfg.steps - 1, 1)
+        f = cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * f
+        out = model.render(transform).clamp(0.0, 1.0)
+        loss = torch.mean((out - img) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # keep scales in a sane range: at least 0.2 px, at most the image size
+            model.chol_raw[:, 0::2].clamp_(math.log(0.2), math.log(max(model.width, model.height)))
+        if progress and step % 20 == 0:
+            bar.set_postfix(psnr=f"{10 * math.log10(1 / max(loss.item(), 1e-12)):.2f}")
+    with torch.no_grad():
+        return psnr_of(model.render(transform), img)

@@ -1,0 +1,156 @@
+"""The image codec: bit-exact round trips, rate control, stream checks, and the fit itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scenezip.errors import SceneFileError
+from scenezip.quant.morton import morton_order
+from scenezip.scenes.scz import read_scz, write_scz
+from scenezip.splatting.image_codec import (
+    QuantConfig,
+    code_to_model,
+    code_to_streams,
+    decode_image,
+    encode_image,
+    join_deltas,
+    morton2d,
+    morton2d_decode,
+    quantize_model,
+    read_code,
+    render_code,
+    split_deltas,
+    write_code,
+)
+from scenezip.splatting.image_gaussians import FitConfig, detail_map, fit, init_from_image, psnr_of
+
+
+def synthetic_image(h: int = 40, w: int = 48, seed: int = 0) -> np.ndarray:
+    """Smooth gradients, a sharp disc and a little seeded noise: [H, W, 3] uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 120 + 90 * np.sin(xx / 6.0)
+    g = 100 + 80 * np.cos(yy / 5.0 + xx / 13.0)
+    b = np.where((xx - w * 0.6) ** 2 + (yy - h * 0.4) ** 2 < (h / 4) ** 2, 220.0, 40.0)
+    img = np.stack([r, g, b], -1) + rng.normal(0, 3, (h, w, 3))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    torch.set_num_threads(1)
+    img = synthetic_image()
+    path = tmp_path_factory.mktemp("img") / "a.scz"
+    result = encode_image(img, 6.0, path, steps=40, seed=0, progress=False)
+    return img, path, result
+
+
+def test_morton2d_round_trip_and_order():
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 1 << 12, size=(500, 2))
+    codes = morton2d(q)
+    np.testing.assert_array_equal(morton2d_decode(codes), q)
+    order = morton_order(np.stack([q[:, 0], q[:, 1], np.zeros(500, dtype=np.int64)], -1))
+    assert np.all(np.diff(codes[order]) >= 0)  # the 3D order with z = 0 sorts the 2D codes
+    assert morton2d(np.array([[1, 0], [0, 1], [1, 1], [2, 0]])).tolist() == [1, 2, 3, 4]
+
+
+def test_split_join_deltas_round_trip():
+    d = np.array([0, 1, 2, 3, 7, 8, 255, 256, 1 << 30, 0, 5, (1 << 41) + 3], dtype=np.int64)
+    e, packed, nbits = split_deltas(d)
+    assert nbits == int(np.maximum(e.astype(np.int64) - 1, 0).sum())
+    assert e.tolist()[:6] == [0, 1, 2, 2, 3, 4]
+    np.testing.assert_array_equal(join_deltas(e, np.frombuffer(packed, np.uint8), "t"), d)
+    with pytest.raises(SceneFileError, match="pos_mant"):
+        join_deltas(e, np.frombuffer(packed, np.uint8)[:-1], "t")
+
+
+def test_round_trip_is_bit_exact(encoded, tmp_path):
+    img, path, result = encoded
+    a, b = decode_image(path), decode_image(path)
+    assert a.dtype == np.uint8 and a.shape == img.shape
+    np.testing.assert_array_equal(a, b)
+    # the file holds exactly the integers it was written from: re-writing them gives the same bytes
+    code = read_code(path)
+    assert code.n == result.n_gaussians
+    again = tmp_path / "b.scz"
+    write_code(again, code)
+    assert again.read_bytes() == path.read_bytes()
+    # re-quantizing the decoded float parameters gives the same integers (decode is idempotent)
+    quant = QuantConfig(code.pos_frac_bits, code.chol_bits, code.color_step_q)
+    re = quantize_model(code_to_model(code), quant, code.chol_range)
+    assert re.equals(code)
+    np.testing.assert_array_equal(render_code(re), a)
+
+
+def test_encode_quality_and_reported_psnr(encoded):
+    img, path, result = encoded
+    dec = decode_image(path).astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.mean((dec - img) ** 2))
+    assert abs(psnr - result.psnr) < 1e-6
+    flat = 10 * np.log10(255.0**2 / np.mean((img - img.reshape(-1, 3).mean(0)) ** 2))
+    assert psnr > flat + 6.0  # the Gaussians represent the image, far better than its mean colour
+
+
+@pytest.mark.parametrize("bpp", [4.0, 8.0])
+def test_rate_control_within_ten_percent(tmp_path, bpp):
+    torch.set_num_threads(1)
+    img = synthetic_image(seed=1)
+    r = encode_image(img, bpp, tmp_path / "r.scz", steps=20, seed=1, progress=False)
+    assert abs(r.bpp - bpp) <= 0.1 * bpp, r.log
+    assert r.nbytes == (tmp_path / "r.scz").stat().st_size
+    assert abs(r.nbytes * 8 / (img.shape[0] * img.shape[1]) - r.bpp) < 1e-12
+
+
+def _rewrite(src, dst, meta_change=None, stream_change=None, method="image"):
+    code = read_code(src)
+    meta, streams = code_to_streams(code)
+    meta.update(meta_change or {})
+    streams.update(stream_change or {})
+    write_scz(dst, method, meta, streams)
+    return dst
+
+
+def test_decoder_checks_counts_and_shapes(encoded, tmp_path):
+    _, path, _ = encoded
+    n = read_code(path).n
+    with pytest.raises(SceneFileError, match="n_gaussians|expected"):
+        read_code(_rewrite(path, tmp_path / "n.scz", {"n_gaussians": n + 1}))
+    with pytest.raises(SceneFileError, match="chol"):
+        read_code(_rewrite(path, tmp_path / "c.scz", stream_change={"chol": (np.zeros((n - 1, 3), np.uint8), "rans")}))
+    with pytest.raises(SceneFileError, match="pos_mant"):
+        read_code(_rewrite(path, tmp_path / "m.scz", stream_change={"pos_mant": (np.zeros(3, np.uint8), "raw")}))
+    with pytest.raises(SceneFileError, match="color_step_q"):
+        read_code(_rewrite(path, tmp_path / "s.scz", {"color_step_q": -1}))
+    with pytest.raises(SceneFileError, match="outside"):
+        read_code(_rewrite(path, tmp_path / "w.scz", {"width": 1, "height": 1}))
+    with pytest.raises(SceneFileError, match="not an image"):
+        read_code(_rewrite(path, tmp_path / "x.scz", method="3dgs"))
+    data = path.read_bytes()
+    (tmp_path / "t.scz").write_bytes(data[:-5])
+    with pytest.raises(SceneFileError):
+        decode_image(tmp_path / "t.scz")
+
+
+def test_init_puts_gaussians_on_detail():
+    """Left half flat, right half a fine checkerboard: most Gaussians start on the right."""
+    h, w = 32, 64
+    img = torch.full((h, w, 3), 0.5)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    img[:, w // 2 :] = ((xx[:, w // 2 :] // 2 + yy[:, w // 2 :] // 2) % 2).float()[..., None]
+    assert float(detail_map(img)[:, : w // 2 - 2].max()) == 0.0
+    m = init_from_image(img, 200, uniform_mix=0.3, seed=0)
+    right = float((m.means[:, 0] >= w // 2).float().mean())
+    assert right > 0.75
+    assert m.means.shape == (200, 2) and torch.isfinite(m.colors).all()
+
+
+def test_fit_improves_psnr():
+    torch.set_num_threads(1)
+    img = torch.from_numpy(synthetic_image(24, 32).astype(np.float32) / 255.0)
+    m = init_from_image(img, 60, seed=0)
+    before = psnr_of(m.render().detach(), img)
+    after = fit(m, img, FitConfig(steps=40), progress=False)
+    assert after > before + 2.0
