@@ -38,8 +38,9 @@ randomly scattered masked entries (hashed levels) "zeros" usually wins: the orde
 is ``H(keep fraction)``, often more than what the extra zero symbols cost.
 
 - ``{prefix}_keep`` (only when some level uses the mask layout): the keep bits over the units
-  (entries or parameters, flat order) of those levels, packed 8 to a byte (``np.packbits``, little
-  bit order, pad bits zero), coded with ``rans`` or ``zlib``, whichever is smaller for this table;
+  (entries or parameters, flat order) of those levels, either packed 8 to a byte (``np.packbits``,
+  little bit order, pad bits zero; ``rans`` or ``zlib``) or one ``bool`` per unit (``rans``, a
+  two-symbol table: the order-0 cost), whichever of the three is smallest for this table;
 - ``{prefix}_q{a:02d}`` or ``{prefix}_q{a:02d}-{b:02d}``: the integers ``round(x / step_l)`` of the
   coded values of levels ``a..b`` in flat order, one ``rans`` stream (with its stored integer
   frequency table) per level; consecutive levels are coded as one group when that is measured to be
@@ -242,7 +243,7 @@ class HashTableCompressor(nn.Module):
 
         With both active the value equals :meth:`quantized_table` bit for bit."""
         self._check_flat(flat_params)
-        self._last_input = flat_params
+        object.__setattr__(self, "_last_input", flat_params)  # never registered (it may be a Parameter)
         if not self.enabled:
             return flat_params
         x = flat_params
@@ -405,8 +406,8 @@ def encode_hash_table(
 
     ``level_layout``: per level, ``"mask"`` sends the level's keep bits in the keep stream and codes the
     kept values only; ``"zeros"`` codes every value of the level, masked ones as 0 (they decode to 0
-    either way, so no keep bits are needed); ``"auto"`` picks, per level, the smaller of the two (the
-    value streams measured with rANS, the keep bits at their order-0 entropy)."""
+    either way, so no keep bits are needed); ``"auto"`` picks per level the smaller of the two (each level
+    measured alone), then keeps whichever of that mix, all-"mask" and all-"zeros" codes smallest."""
     if not isinstance(compressor, HashTableCompressor):
         raise ValueError(f"compressor must be a HashTableCompressor, got {type(compressor).__name__}")
     config = compressor.config if config is None else config
@@ -418,37 +419,48 @@ def encode_hash_table(
         raise ValueError(f"level_layout must be 'auto', 'mask' or 'zeros', got {level_layout!r}")
     keep, kept_ints = compressor.codes(flat_params)
     dtype = _int_dtype(compressor.qmax)
-    f = config.n_features_per_level
-    per_unit = f if compressor.mask_granularity == "entry" else 1
+    per_unit = config.n_features_per_level if compressor.mask_granularity == "entry" else 1
     bounds = compressor.unit_bounds
-    masked_levels, level_ints, kept = [], [], []
-    for level in range(config.n_levels):
-        k = keep[bounds[level] : bounds[level + 1]]
+    level_keep = [keep[bounds[i] : bounds[i + 1]] for i in range(config.n_levels)]
+    full_ints = []
+    for k, ints in zip(level_keep, kept_ints):
         full = np.zeros((k.size, per_unit), dtype=np.int32)
-        full[k] = kept_ints[level].reshape(-1, per_unit)
-        full = full.reshape(-1)
-        if level_layout == "auto" and not k.all():
-            with_mask = 8 * _payload_size(kept_ints[level].astype(dtype), "rans") + _binary_entropy_bits(
-                k.size, int(k.sum()))  # fmt: skip
-            use_mask = with_mask < 8 * _payload_size(full.astype(dtype), "rans")
-        else:
-            use_mask = level_layout == "mask" and not k.all()
-        masked_levels.append(bool(use_mask))
-        level_ints.append(kept_ints[level] if use_mask else full)
-        kept.append(int(k.sum()) if use_mask else int(k.size))
-    streams: dict[str, tuple[np.ndarray, str]] = {}
-    keep_name = None
-    if any(masked_levels):
-        bits = np.concatenate([keep[bounds[i] : bounds[i + 1]] for i in range(config.n_levels) if masked_levels[i]])
-        packed = np.packbits(bits, bitorder="little")
-        keep_name = f"{prefix}_keep"
-        streams[keep_name] = (packed, min(("rans", "zlib"), key=lambda c: _payload_size(packed, c)))
-    groups = _group_levels(level_ints, dtype, int(min_group_symbols))
-    names = []
-    for group in groups:
-        name = _group_name(prefix, group)
-        streams[name] = (np.concatenate([level_ints[i] for i in group]).astype(dtype), "rans")
-        names.append(name)
+        full[k] = ints.reshape(-1, per_unit)
+        full_ints.append(full.reshape(-1))
+    partial = [not bool(k.all()) for k in level_keep]
+    if level_layout != "auto":
+        choices = [[p and level_layout == "mask" for p in partial]]
+    else:
+        # per level, the smaller of (keep bits + kept values) and (all values), each measured alone; then
+        # that mix, all-mask and all-zeros measured as whole files, the smallest kept
+        mix = []
+        for k, ints, full, p in zip(level_keep, kept_ints, full_ints, partial):
+            if not p:
+                mix.append(False)
+                continue
+            with_mask = _payload_size(ints.astype(dtype), "rans") + _keep_stream(k)[2]
+            mix.append(with_mask < _payload_size(full.astype(dtype), "rans"))
+        choices = [mix, partial, [False] * config.n_levels]
+    best = None
+    for masked_levels in choices:
+        level_ints = [kept_ints[i] if m else full_ints[i] for i, m in enumerate(masked_levels)]
+        kept = [int(level_keep[i].sum()) if m else int(level_keep[i].size) for i, m in enumerate(masked_levels)]
+        streams: dict[str, tuple[np.ndarray, str]] = {}
+        keep_name = None
+        if any(masked_levels):
+            keep_name = f"{prefix}_keep"
+            bits, codec, _ = _keep_stream(np.concatenate([k for k, m in zip(level_keep, masked_levels) if m]))
+            streams[keep_name] = (bits, codec)
+        groups = _group_levels(level_ints, dtype, int(min_group_symbols))
+        names = []
+        for group in groups:
+            name = _group_name(prefix, group)
+            streams[name] = (np.concatenate([level_ints[i] for i in group]).astype(dtype), "rans")
+            names.append(name)
+        size = sum(_payload_size(a, c) for a, c in streams.values()) if len(choices) > 1 else 0
+        if best is None or size < best[0]:
+            best = (size, masked_levels, kept, groups, keep_name, names, streams)
+    _, masked_levels, kept, groups, keep_name, names, streams = best
     metadata = {
         "hash_codec_version": CODEC_VERSION,
         "n_params": compressor.n_params,
@@ -457,13 +469,21 @@ def encode_hash_table(
         "mask_granularity": compressor.mask_granularity,
         "bits": compressor.bits,
         "steps": compressor.steps(),
-        "masked_levels": masked_levels,
+        "masked_levels": [bool(m) for m in masked_levels],
         "kept": kept,
         "groups": groups,
         "keep_stream": keep_name,
         "value_streams": names,
     }
     return metadata, streams
+
+
+def _keep_stream(bits: np.ndarray) -> tuple[np.ndarray, str, int]:
+    """The smallest coding of keep bits ``[n]`` bool: ``(array, codec, payload bytes)`` among packed bytes
+    with ``rans`` or ``zlib`` and one bool per unit with ``rans``."""
+    packed = np.packbits(bits, bitorder="little")
+    sized = [(a, c, _payload_size(a, c)) for a, c in ((packed, "rans"), (packed, "zlib"), (bits, "rans"))]
+    return min(sized, key=lambda t: t[2])
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -556,10 +576,13 @@ def decode_hash_table(
         packed = arrays[keep_name]
         n_bits = sum(unit_counts[lv] for lv in range(n_levels) if masked_levels[lv])
         want = ((n_bits + 7) // 8,)
-        if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.shape != want:
+        if isinstance(packed, np.ndarray) and packed.dtype == np.bool_ and packed.shape == (n_bits,):
+            mask_bits = packed
+        elif isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.shape == want:
+            mask_bits = np.unpackbits(packed, bitorder="little").astype(bool)
+        else:
             got = (packed.dtype.name, list(packed.shape)) if isinstance(packed, np.ndarray) else type(packed).__name__
-            _fail(source, f"stream {keep_name!r} must be uint8 {list(want)}, got {got}")
-        mask_bits = np.unpackbits(packed, bitorder="little").astype(bool)
+            _fail(source, f"stream {keep_name!r} must be uint8 {list(want)} (packed) or bool [{n_bits}], got {got}")
         if mask_bits[n_bits:].any():
             _fail(source, f"stream {keep_name!r} has pad bits set past {n_bits} mask bits")
         start = 0
@@ -621,10 +644,9 @@ def coding_report(streams: Mapping[str, tuple[np.ndarray, str]]) -> list[dict]:
             "bits_per_symbol": coded / a.size if a.size else 0.0,
             "overhead": coded / ent - 1.0 if ent > 0 else float("nan"),
         }
-        if a.dtype == np.uint8 and name.endswith("_keep"):
-            bits = np.unpackbits(a, bitorder="little")
-            p = float(bits.mean()) if bits.size else 0.0
-            h = 0.0 if p in (0.0, 1.0) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-            row.update({"mask_units": int(bits.size), "kept_units": int(bits.sum()), "mask_entropy_bits": h * bits.size})
+        if name.endswith("_keep") and a.dtype in (np.uint8, np.bool_):
+            bits = np.unpackbits(a, bitorder="little") if a.dtype == np.uint8 else a
+            n, k = int(bits.size), int(bits.sum())
+            row.update({"mask_units": n, "kept_units": k, "mask_entropy_bits": _binary_entropy_bits(n, k)})
         rows.append(row)
     return rows
