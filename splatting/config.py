@@ -58,8 +58,8 @@ class DensifyConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Train 3D Gaussian splatting (Kerbl et al. 2023) on a capture."""
+class GaussianTrainConfig:
+    """Options every Gaussian method shares (3dgs, c3dgs and the surfel methods extend it)."""
 
     data: tyro.conf.Positional[Path]
     """Capture folder (Blender, nerfstudio/instant-ngp, COLMAP or LLFF), or a transforms.json inside one."""
@@ -73,8 +73,6 @@ class TrainConfig:
     """Every N-th image (after sorting by name) is a test image, unless the dataset ships a split."""
     random_points: int = 100_000
     """Number of random initial points when the capture has no SfM points (Blender, nerfstudio without ply)."""
-    sh_degree: int = 3
-    """Maximum spherical-harmonic degree of the colours (0..3)."""
     background: Optional[tuple[float, float, float]] = None
     """RGB in [0, 1] rendered behind the Gaussians; None uses the dataset's (black for RGB captures)."""
     random_background: bool = False
@@ -88,10 +86,6 @@ class TrainConfig:
     """Initial learning rate of the means, times the scene extent."""
     lr_means_final: float = 1.6e-6
     """Final learning rate of the means, times the scene extent (exponential decay over the run)."""
-    lr_sh0: float = 2.5e-3
-    """Learning rate of the DC colour coefficients."""
-    lr_shN: float = 2.5e-3 / 20
-    """Learning rate of the higher-order SH coefficients."""
     lr_opacities: float = 5e-2
     """Learning rate of the opacity logits."""
     lr_scales: float = 5e-3
@@ -124,3 +118,52 @@ class TrainConfig:
     """Continue from the newest checkpoint in the output folder."""
     progress: bool = True
     """Show a progress bar."""
+
+
+@dataclass
+class TrainConfig(GaussianTrainConfig):
+    """Train 3D Gaussian splatting (Kerbl et al. 2023) on a capture."""
+
+    sh_degree: int = 3
+    """Maximum spherical-harmonic degree of the colours (0..3)."""
+    lr_sh0: float = 2.5e-3
+    """Learning rate of the DC colour coefficients."""
+    lr_shN: float = 2.5e-3 / 20
+    """Learning rate of the higher-order SH coefficients."""
+
+
+@dataclass
+class C3DGSConfig(GaussianTrainConfig):
+    """Train Compact-3DGS (Lee et al. 2024): 3D Gaussians with a learned mask, a hash-grid colour field and
+    residual VQ of scale and rotation, then code them into a compact .scz file."""
+
+    out: Path = Path("runs/c3dgs")
+    """Output folder: checkpoints ckpt_XXXXX.pt, the final model.pt, scene.scz and metrics.json."""
+    mask_lambda: float = 5e-4
+    """Weight of the mean soft mask in the loss (Compact-3DGS: 5e-4); larger removes more Gaussians."""
+    lr_masks: float = 1e-2
+    """Learning rate of the mask logits."""
+    mask_prune_every: int = 1000
+    """After densification stops, drop masked Gaussians every this many steps (reference-run steps)."""
+    color_log2_hashmap_size: Optional[int] = None
+    """log2 entries per level of the colour field's hash table; None: 19 for unbounded captures, 16 for object
+    captures (Blender-like, as Compact-3DGS on NeRF-synthetic) and 14 for captures under 64k pixels a view."""
+    color_levels: int = 16
+    """Hash-grid levels of the colour field."""
+    color_view_sh_degree: int = 3
+    """SH degree of the colour field's view-direction encoding."""
+    lr_color_grid: float = 1e-2
+    """Learning rate of the colour field's hash table (100-step warm-up, x0.33 at 1/6, 1/2 and 5/6 of the run)."""
+    lr_color_mlp: float = 1e-2
+    """Learning rate of the colour field's MLP (same schedule)."""
+    rvq_start: int = 29_000
+    """Residual VQ of scale and rotation runs from this step on (reference-run steps; Compact-3DGS: 29000)."""
+    rvq_stages: int = 6
+    """R-VQ stages."""
+    rvq_codebook_size: int = 64
+    """Codes per R-VQ stage."""
+    lr_codebooks: float = 1e-3
+    """Learning rate of the R-VQ codebooks."""
+    hash_zero_threshold: float = 0.1
+    """When coding, hash-table values with |v| at or below this are stored as 0 (Compact-3DGS: 0.1)."""
+

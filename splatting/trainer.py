@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from scenezip.errors import BackendError, ScenezipError
 from scenezip.render.metrics import psnr, ssim
 from scenezip.scenes.cameras import Cameras
 from scenezip.scenes.dataset import Dataset
-from scenezip.splatting.config import DensifyConfig, TrainConfig
+from scenezip.splatting.config import GaussianTrainConfig
 from scenezip.splatting.densify import DensityController
-from scenezip.splatting.gaussians import GaussianModel
+from scenezip.splatting.recipes import recipe_for, scaled_steps
 
 CHECKPOINT_FORMAT = "scenezip.train3dgs"
 CHECKPOINT_VERSION = 1
@@ -59,7 +59,7 @@ class TrainResult:
 
     Attributes:
         out_dir: the output folder.
-        model_path: final model (``gaussians.pt``, :meth:`GaussianModel.load` reads it).
+        model_path: final model (``gaussians.pt`` for 3dgs, ``model.pt`` for c3dgs: the model class's ``load``).
         metrics_path: ``metrics.json``.
         checkpoint_path: the last checkpoint written.
         metrics: final evaluation (``psnr``, ``ssim``, ``lpips`` or None, ``split``, ``n_images``, ...).
@@ -67,6 +67,7 @@ class TrainResult:
         train_s: seconds spent in training steps (evaluation and checkpoint writing excluded), summed
             over resumptions.
         steps: steps trained in total.
+        model: the trained model (c3dgs: before post-processing; ``to_streams`` codes it).
     """
 
     out_dir: Path
@@ -77,6 +78,7 @@ class TrainResult:
     n_gaussians: int
     train_s: float
     steps: int
+    model: Any = None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -90,28 +92,10 @@ def scene_extent(cameras: Cameras) -> float:
     return 1.1 * radius if radius > 1e-8 else 1.0
 
 
-def means_lr(config: TrainConfig, step: int, extent: float) -> float:
+def means_lr(config: GaussianTrainConfig, step: int, extent: float) -> float:
     """Learning rate of the means at ``step`` (1-based): log-linear from ``lr_means`` to ``lr_means_final``."""
     t = min(max(step / config.steps, 0.0), 1.0)
     return extent * math.exp((1.0 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
-
-
-def make_optimizers(
-    params: Mapping[str, torch.nn.Parameter], config: TrainConfig, extent: float
-) -> dict[str, torch.optim.Adam]:
-    """One Adam per parameter (as 3DGS and gsplat), eps 1e-15."""
-    lrs = {
-        "means": config.lr_means * extent,
-        "quats": config.lr_quats,
-        "scales": config.lr_scales,
-        "opacities": config.lr_opacities,
-        "sh0": config.lr_sh0,
-        "shN": config.lr_shN,
-    }
-    return {
-        name: torch.optim.Adam([{"params": [params[name]], "lr": lr, "name": name}], eps=1e-15, betas=(0.9, 0.999))
-        for name, lr in lrs.items()
-    }
 
 
 def image_order(seed: int, step: int, train_ids: np.ndarray) -> int:
@@ -122,7 +106,7 @@ def image_order(seed: int, step: int, train_ids: np.ndarray) -> int:
     return int(train_ids[perm[k]])
 
 
-def _config_dict(config: TrainConfig) -> dict[str, Any]:
+def _config_dict(config: GaussianTrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
@@ -140,21 +124,19 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _check_config(config: TrainConfig) -> None:
+def _check_config(config: GaussianTrainConfig) -> None:
     def bad(msg: str) -> None:
         raise ScenezipError(msg)
 
     if config.steps < 1:
         bad(f"steps must be >= 1, got {config.steps}")
-    if not 0 <= config.sh_degree <= 3:
-        bad(f"sh_degree must be in 0..3, got {config.sh_degree}")
     if not 0.0 <= config.ssim_lambda <= 1.0:
         bad(f"ssim_lambda must be in [0, 1], got {config.ssim_lambda}")
     if config.background is not None and (
         len(config.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in config.background)
     ):
         bad(f"background must be 3 values in [0, 1], got {config.background!r}")
-    for name in ("lr_means", "lr_means_final", "lr_sh0", "lr_shN", "lr_opacities", "lr_scales", "lr_quats"):
+    for name in ("lr_means", "lr_means_final", "lr_opacities", "lr_scales", "lr_quats"):
         if not getattr(config, name) > 0:
             bad(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("checkpoint_every", "keep_checkpoints", "eval_every"):
@@ -168,7 +150,7 @@ def _check_config(config: TrainConfig) -> None:
         bad(f"init_scale must be > 0, got {config.init_scale}")
 
 
-def _resolve_device(config: TrainConfig) -> tuple[str, torch.device]:
+def _resolve_device(config: GaussianTrainConfig) -> tuple[str, torch.device]:
     backend = resolve_backend(config.backend, "gsplat")
     if config.device == "auto":
         device = torch.device("cuda" if backend == "cuda" else "cpu")
@@ -216,7 +198,7 @@ class _Images:
 
 @torch.no_grad()
 def evaluate(
-    model: GaussianModel,
+    model: Any,
     ds: Dataset,
     split: str = "test",
     *,
@@ -291,21 +273,26 @@ class _Interrupt:
 
 # ---------------------------------------------------------------------------------------------- train
 def train(
-    config: TrainConfig,
+    config: GaussianTrainConfig,
     dataset: Dataset | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    init_model: Any = None,
 ) -> TrainResult:
-    """Train 3D Gaussians on ``config.data`` (or on ``dataset`` when given) and write results to ``config.out``.
+    """Train Gaussians on ``config.data`` (or on ``dataset`` when given) and write results to ``config.out``.
 
     Args:
-        config: every option (see :class:`TrainConfig`).
+        config: every option; its class picks the method (:class:`TrainConfig`: 3dgs, :class:`C3DGSConfig`:
+            c3dgs; see :mod:`scenezip.splatting.recipes`).
         dataset: an already loaded dataset; ``config.data``, ``downscale`` and ``test_every`` are then unused.
         on_step: called after every step with ``(step, info)``; ``info`` has ``loss``, ``n_gaussians`` and
             the densification counts (a Python float/int each; reading ``loss`` syncs the GPU).
+        init_model: start from this model (of the method's class) instead of the capture's points, e.g. to
+            fine-tune a converted model; ignored when resuming (the checkpoint holds the model).
 
     Returns:
         :class:`TrainResult`. Writes ``ckpt_XXXXX.pt`` every ``checkpoint_every`` steps and at the end,
-        ``gaussians.pt`` and ``metrics.json``.
+        the final model (``gaussians.pt`` for 3dgs, ``model.pt`` for c3dgs) and ``metrics.json``. For
+        c3dgs the metrics are those of the post-processed (quantized) model, i.e. of the file it codes to.
 
     Raises:
         ScenezipError: a bad option, an unreadable capture, or ``resume`` without a checkpoint.
@@ -314,6 +301,8 @@ def train(
     from tqdm.auto import tqdm
 
     _check_config(config)
+    recipe = recipe_for(config, scaled_steps(config))
+    recipe.check()
     backend, device = _resolve_device(config)
     if dataset is None:
         from scenezip.scenes.loader import load_dataset
@@ -355,7 +344,9 @@ def train(
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
             raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ScenezipError(f"{ckpt_path}: not a scenezip 3DGS training checkpoint")
+            raise ScenezipError(f"{ckpt_path}: not a scenezip Gaussian training checkpoint")
+        if ckpt.get("method", "3dgs") != recipe.method:
+            raise ScenezipError(f"{ckpt_path}: a {ckpt.get('method', '3dgs')} checkpoint; cannot resume it as {recipe.method}")
         changed = sorted(
             k for k, v in _config_dict(config).items() if k not in _RUNTIME_FIELDS and ckpt["config"].get(k) != v
         )
@@ -363,8 +354,8 @@ def train(
             raise ScenezipError(
                 f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones"
             )
-        model = GaussianModel.from_dict(ckpt["model"], device=device, source=str(ckpt_path))
-        optimizers = make_optimizers(model.splats, config, extent)
+        model = recipe.model_from_dict(ckpt["model"], device, str(ckpt_path))
+        optimizers = recipe.optimizers(model, extent)
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
         start, train_s = int(ckpt["step"]), float(ckpt["train_s"])
@@ -374,12 +365,12 @@ def train(
             gen.manual_seed(config.seed + start)
     else:
         torch.manual_seed(config.seed)
-        model = GaussianModel.from_points(
-            ds.points, ds.point_colors, config.sh_degree, config.init_opacity, config.init_scale, device=device
-        )
-        optimizers = make_optimizers(model.splats, config, extent)
+        model = recipe.init_model(ds, device) if init_model is None else init_model.to(device)
+        optimizers = recipe.optimizers(model, extent)
         ckpt = None
-    controller = DensityController(config.densify, config.steps, extent, generator=gen)
+    controller = DensityController(
+        config.densify, config.steps, extent, grad_key=recipe.grad_key, prune_fn=recipe.prune_fn(model), generator=gen
+    )
     if ckpt is not None:
         controller.load_state_dict(ckpt["densify"], device=device)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,6 +382,7 @@ def train(
             {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
+                "method": recipe.method,
                 "step": step,
                 "train_s": train_s,
                 "model": model.to_dict(),
@@ -414,7 +406,7 @@ def train(
     eval_kw = dict(background=bg_color, sh_degree=None, **render_kw)
     lam = config.ssim_lambda
     last_ckpt: Path | None = None
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, dynamic_ncols=True, desc="3dgs")
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, dynamic_ncols=True, desc=recipe.method)
 
     step = start
     with _Interrupt() as interrupt:
@@ -434,20 +426,21 @@ def train(
                 else:
                     bg = base_bg
                 optimizers["means"].param_groups[0]["lr"] = means_lr(config, step, extent)
-                sh = controller.schedule.sh_degree(step, config.sh_degree)
-                colors, _, meta = model.render(
-                    cam.viewmats, cam.Ks, w, h, sh_degree=sh, backgrounds=bg[None], **render_kw
-                )
+                recipe.before_step(model, optimizers, step)
+                sh = controller.schedule.sh_degree(step, getattr(config, "sh_degree", 0))
+                img, meta, extra = recipe.render(model, cam, w, h, bg, step, sh, render_kw)
                 if config.densify.enabled and controller.schedule.accumulates(step):
                     controller.retain_grads(meta)
-                img = colors[0, ..., :3]
                 l1 = (img - gt).abs().mean()
                 loss = (1.0 - lam) * l1 + lam * (1.0 - ssim(img, gt)) if lam > 0 else l1
+                if extra is not None:
+                    loss = loss + extra
                 loss.backward()
                 for opt in optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 counts = controller.step(model.splats, optimizers, step, meta)
+                counts.update(recipe.after_step(model, optimizers, step, controller))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 train_s += time.perf_counter() - t0
@@ -475,16 +468,17 @@ def train(
 
     if last_ckpt is None or not last_ckpt.name.endswith(f"{config.steps:05d}.pt"):
         last_ckpt = save_checkpoint(config.steps)
-    metrics = evaluate(model, ds, "test", **eval_kw)
+    final = recipe.final_model(model)
+    metrics = evaluate(final, ds, "test", **eval_kw)
     metrics.update(
-        n_gaussians=len(model),
+        n_gaussians=len(final),
         train_s=train_s,
         steps=config.steps,
         device=str(device),
         backend=backend,
-        method="3dgs",
+        method=recipe.method,
     )
-    model_path = model.save(out / MODEL_FILE)
+    model_path = model.save(out / recipe.model_file)
     metrics_path = out / METRICS_FILE
     tmp = metrics_path.with_name(METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -495,7 +489,8 @@ def train(
         metrics_path=metrics_path,
         checkpoint_path=last_ckpt,
         metrics=metrics,
-        n_gaussians=len(model),
+        n_gaussians=len(final),
         train_s=train_s,
         steps=config.steps,
+        model=model,
     )

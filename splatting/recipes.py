@@ -1,0 +1,228 @@
+"""What differs between the Gaussian methods inside one training loop: model, optimizers, loss terms.
+
+:func:`scenezip.splatting.trainer.train` owns everything the methods share (image order, backgrounds,
+L1 + D-SSIM, densification, checkpoints, resumption, evaluation); a *recipe* supplies the rest. The
+recipe is chosen from the config's type (:func:`recipe_for`), so a new Gaussian method is one class here
+and one config dataclass, not a copy of the trainer.
+
+``Gaussian3DRecipe`` (``3dgs``) is Kerbl et al. 2023. ``C3DGSRecipe`` (``c3dgs``) adds the Compact-3DGS
+recipe (Lee et al. 2024), written by hand from the paper and its published hyper-parameters:
+
+- a mask logit per Gaussian (Adam, lr 0.01), the hard mask applied by straight-through estimation to
+  scale and opacity inside :class:`~scenezip.splatting.c3dgs.C3DGSModel`, and ``mask_lambda`` times the mean
+  soft mask added to the loss; masked Gaussians are pruned at every refinement and, after densification
+  stops, every ``mask_prune_every`` steps;
+- the hash-grid colour field (one Adam for table and MLP, lr 0.01, a 100-step linear warm-up from 1% and
+  x0.33 at 1/6, 1/2 and 5/6 of the run: the paper's 5k/15k/25k of 30k) in place of SH;
+- residual VQ of the activated scale and the unit quaternion from ``rvq_start`` (29k of 30k), codebooks
+  initialized by k-means on first use and trained by their codebook loss (Adam, ``lr_codebooks``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scenezip.errors import ScenezipError
+from scenezip.scenes.dataset import Dataset
+from scenezip.splatting.config import C3DGSConfig, GaussianTrainConfig, TrainConfig
+
+
+def _adam(params: list, lr: float, name: str) -> torch.optim.Adam:
+    return torch.optim.Adam([{"params": params, "lr": lr, "name": name}], eps=1e-15, betas=(0.9, 0.999))
+
+
+class Gaussian3DRecipe:
+    """3D Gaussian splatting with SH colours (the ``3dgs`` method)."""
+
+    method = "3dgs"
+    model_file = "gaussians.pt"
+    grad_key = "means2d"
+
+    def __init__(self, config: GaussianTrainConfig, schedule_steps: Callable[[int], int] | None = None) -> None:
+        self.config = config
+        self.scaled = schedule_steps or (lambda v: v)
+
+    # ------------------------------------------------------------------ checks and models
+    def check(self) -> None:
+        c = self.config
+        if not 0 <= c.sh_degree <= 3:
+            raise ScenezipError(f"sh_degree must be in 0..3, got {c.sh_degree}")
+        for name in ("lr_sh0", "lr_shN"):
+            if not getattr(c, name) > 0:
+                raise ScenezipError(f"{name} must be > 0, got {getattr(c, name)}")
+
+    def init_model(self, ds: Dataset, device: torch.device) -> Any:
+        from scenezip.splatting.gaussians import GaussianModel
+
+        c = self.config
+        return GaussianModel.from_points(
+            ds.points, ds.point_colors, c.sh_degree, c.init_opacity, c.init_scale, device=device
+        )
+
+    def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:
+        from scenezip.splatting.gaussians import GaussianModel
+
+        return GaussianModel.from_dict(data, device=device, source=source)
+
+    def optimizers(self, model: Any, extent: float) -> dict[str, torch.optim.Adam]:
+        """One Adam per parameter (as 3DGS and gsplat), eps 1e-15."""
+        c = self.config
+        lrs = {"means": c.lr_means * extent, "quats": c.lr_quats, "scales": c.lr_scales,
+               "opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN}  # fmt: skip
+        return {name: _adam([model.splats[name]], lr, name) for name, lr in lrs.items()}
+
+    def prune_fn(self, model: Any) -> Callable | None:
+        return None
+
+    # ------------------------------------------------------------------ one step
+    def before_step(self, model: Any, optimizers: Mapping[str, torch.optim.Optimizer], step: int) -> None:
+        """Learning-rate schedules and switches that depend on the step (the means' rate is the trainer's)."""
+
+    def render(self, model: Any, cam: Any, width: int, height: int, bg: Tensor, step: int, sh_degree: int,
+               render_kw: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], Tensor | None]:  # fmt: skip
+        """``(image [H, W, 3], meta for densification, extra loss or None)`` of one training camera."""
+        colors, _, meta = model.render(cam.viewmats, cam.Ks, width, height, sh_degree=sh_degree,
+                                       backgrounds=bg[None], **render_kw)  # fmt: skip
+        return colors[0, ..., :3], meta, None
+
+    def after_step(self, model: Any, optimizers: Mapping[str, torch.optim.Optimizer], step: int,
+                   controller: Any) -> dict[str, int]:  # fmt: skip
+        """Work after the densification step (e.g. mask pruning); returns counts for the progress info."""
+        return {}
+
+    def final_model(self, model: Any) -> Any:
+        """The model whose quality the run reports: what the method's file will hold."""
+        return model
+
+
+class C3DGSRecipe(Gaussian3DRecipe):
+    """Compact-3DGS (the ``c3dgs`` method); see the module docstring."""
+
+    method = "c3dgs"
+    model_file = "model.pt"
+
+    def check(self) -> None:
+        c = self.config
+        if c.mask_lambda < 0:
+            raise ScenezipError(f"mask_lambda must be >= 0, got {c.mask_lambda}")
+        for name in ("lr_masks", "lr_color_grid", "lr_color_mlp", "lr_codebooks"):
+            if not getattr(c, name) > 0:
+                raise ScenezipError(f"{name} must be > 0, got {getattr(c, name)}")
+        if c.rvq_stages < 1 or not 1 <= c.rvq_codebook_size <= 65536:
+            raise ScenezipError(
+                f"rvq_stages must be >= 1 and rvq_codebook_size in 1..65536, got {c.rvq_stages}, {c.rvq_codebook_size}"
+            )
+        if c.color_log2_hashmap_size is not None and not 8 <= c.color_log2_hashmap_size <= 24:
+            raise ScenezipError(f"color_log2_hashmap_size must be in 8..24, got {c.color_log2_hashmap_size}")
+        if c.mask_prune_every < 1:
+            raise ScenezipError(f"mask_prune_every must be >= 1, got {c.mask_prune_every}")
+        if c.hash_zero_threshold < 0:
+            raise ScenezipError(f"hash_zero_threshold must be >= 0, got {c.hash_zero_threshold}")
+
+    def color_config(self, ds: Dataset) -> Any:
+        from scenezip.fields.color_field import ColorFieldConfig
+
+        c = self.config
+        log2 = c.color_log2_hashmap_size
+        if log2 is None:
+            pixels = int(ds.cameras.widths[0]) * int(ds.cameras.heights[0])
+            log2 = 14 if pixels < 65536 else 16 if ds.meta.get("layout") == "object" else 19
+        return ColorFieldConfig(n_levels=c.color_levels, log2_hashmap_size=int(log2),
+                                view_sh_degree=c.color_view_sh_degree)  # fmt: skip
+
+    def init_model(self, ds: Dataset, device: torch.device) -> Any:
+        from scenezip.splatting.c3dgs import C3DGSModel
+        from scenezip.splatting.gaussians import GaussianModel
+
+        c = self.config
+        g = GaussianModel.from_points(ds.points, ds.point_colors, 0, c.init_opacity, c.init_scale)
+        bounds = torch.as_tensor(np.asarray(ds.bounds, dtype=np.float32))
+        return C3DGSModel.from_gaussians(
+            g, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
+            rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed,
+        ).to(device)  # fmt: skip
+
+    def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:
+        from scenezip.splatting.c3dgs import C3DGSModel
+
+        return C3DGSModel.from_dict(dict(data), device=device, source=source)
+
+    def optimizers(self, model: Any, extent: float) -> dict[str, torch.optim.Adam]:
+        c = self.config
+        lrs = {"means": c.lr_means * extent, "quats": c.lr_quats, "scales": c.lr_scales,
+               "opacities": c.lr_opacities, "masks": c.lr_masks}  # fmt: skip
+        opts = {name: _adam([model.splats[name]], lr, name) for name, lr in lrs.items()}
+        opts["color"] = torch.optim.Adam(
+            model.color_field.param_groups(c.lr_color_grid, c.lr_color_mlp), eps=1e-15, betas=(0.9, 0.999)
+        )
+        opts["codebooks"] = _adam([model.scale_vq.codebooks, model.rot_vq.codebooks], c.lr_codebooks, "codebooks")
+        return opts
+
+    def prune_fn(self, model: Any) -> Callable:
+        from scenezip.quant.mask import keep_mask
+
+        return lambda params: ~keep_mask(params["masks"], model.mask_threshold)
+
+    def color_lr_factor(self, step: int) -> float:
+        """Compact-3DGS' colour-field schedule at ``step``: warm-up, then x0.33 at 1/6, 1/2 and 5/6."""
+        total = self.config.steps
+        warm = min(1.0, 0.01 + 0.99 * step / 100.0)
+        drops = sum(step >= round(total * f) for f in (1 / 6, 1 / 2, 5 / 6))
+        return warm * 0.33**drops
+
+    def rvq_active(self, step: int) -> bool:
+        return step >= self.scaled(self.config.rvq_start)
+
+    def before_step(self, model: Any, optimizers: Mapping[str, torch.optim.Optimizer], step: int) -> None:
+        c = self.config
+        f = self.color_lr_factor(step)
+        for group in optimizers["color"].param_groups:
+            group["lr"] = (c.lr_color_grid if group["name"] == "color_grid" else c.lr_color_mlp) * f
+        model.use_rvq = self.rvq_active(step)
+
+    def render(self, model: Any, cam: Any, width: int, height: int, bg: Tensor, step: int, sh_degree: int,
+               render_kw: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], Tensor | None]:  # fmt: skip
+        from scenezip.quant.mask import soft_mask
+
+        colors, _, meta = model.render(cam.viewmats, cam.Ks, width, height, backgrounds=bg[None], **render_kw)
+        extra = self.config.mask_lambda * soft_mask(model.splats["masks"]).mean() + meta["rvq_loss"]
+        return colors[0, ..., :3], meta["cameras"][0], extra
+
+    def after_step(self, model: Any, optimizers: Mapping[str, torch.optim.Optimizer], step: int,
+                   controller: Any) -> dict[str, int]:  # fmt: skip
+        from scenezip.quant.mask import keep_mask
+        from scenezip.splatting.densify import remove
+
+        sch = controller.schedule
+        every = max(1, self.scaled(self.config.mask_prune_every))
+        if step <= sch.refine_stop or step % every != 0:
+            return {}
+        drop = ~keep_mask(model.splats["masks"], model.mask_threshold)
+        if bool(drop.all()) or not bool(drop.any()):
+            return {}
+        return {"mask_pruned": remove(model.splats, optimizers, drop, controller.stats)}
+
+    def final_model(self, model: Any) -> Any:
+        return model.quantized_copy(self.config.hash_zero_threshold)
+
+
+RECIPES: dict[type, type[Gaussian3DRecipe]] = {TrainConfig: Gaussian3DRecipe, C3DGSConfig: C3DGSRecipe}
+
+
+def recipe_for(config: GaussianTrainConfig, schedule_steps: Callable[[int], int] | None = None) -> Gaussian3DRecipe:
+    """The recipe of ``config``'s class (or of its nearest registered base class)."""
+    for cls in type(config).__mro__:
+        if cls in RECIPES:
+            return RECIPES[cls](config, schedule_steps)
+    raise ScenezipError(f"no training recipe for {type(config).__name__}")
+
+
+def scaled_steps(config: GaussianTrainConfig) -> Callable[[int], int]:
+    """Map a reference-run step count (30k schedule) to this run, as the densification schedule does."""
+    d = config.densify
+    factor = d.schedule_scale if d.schedule_scale is not None else config.steps / d.reference_steps
+    return lambda v: max(1, int(round(v * factor)))
