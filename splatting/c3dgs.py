@@ -54,6 +54,7 @@ from scenezip.quant.scalar import zero_small
 from scenezip.splatting.gaussians import GaussianModel
 
 METHOD = "c3dgs"
+MODEL_FORMAT = "scenezip.c3dgs_model"
 FORMAT_VERSION = 1
 SPLAT_NAMES = ("means", "quats", "scales", "opacities", "masks")
 POSITION_BITS = 16
@@ -237,6 +238,55 @@ class C3DGSModel(nn.Module):
             alphas.append(alpha)
             metas.append(meta)
         return torch.cat(outs, 0), torch.cat(alphas, 0), {"cameras": metas, "rvq_loss": a["rvq_loss"]}
+
+    # ------------------------------------------------------------------ save / load (training state)
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, device-independent dict of the live (or frozen) model, for checkpoints and ``model.pt``."""
+        return {
+            "format": MODEL_FORMAT,
+            "version": FORMAT_VERSION,
+            "n": len(self),
+            "init": {
+                "color_config": dataclasses.asdict(self.color_field.config),
+                "use_rvq": self.use_rvq,
+                "rvq_stages": self.scale_vq.n_stages,
+                "rvq_codebook_size": self.scale_vq.codebook_size,
+                "mask_threshold": self.mask_threshold,
+            },
+            "state": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, device: torch.device | str = "cpu", source: str = "model") -> "C3DGSModel":
+        """Inverse of :meth:`to_dict`; SceneFileError naming ``source`` for anything else."""
+        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+            raise SceneFileError(f"{source}: not a scenezip c3dgs model (format {MODEL_FORMAT!r} expected)")
+        try:
+            init, state, n = data["init"], dict(data["state"]), int(data["n"])
+            z = torch.zeros
+            model = cls(z(n, 3), z(n, 4), z(n, 3), z(n), None, ColorFieldConfig(**init["color_config"]),
+                        use_rvq=bool(init["use_rvq"]), rvq_stages=int(init["rvq_stages"]),
+                        rvq_codebook_size=int(init["rvq_codebook_size"]),
+                        mask_threshold=float(init["mask_threshold"]), backend="torch")  # fmt: skip
+            for name in ("scale_indices", "rot_indices"):
+                if name in state:
+                    setattr(model, name, state[name].clone())
+            model.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise SceneFileError(f"{source}: c3dgs model does not load ({type(e).__name__}: {e})") from None
+        return model.to(device)
+
+    def save(self, path: Any) -> Any:
+        """Write :meth:`to_dict` with ``torch.save`` via a temporary name; returns the path."""
+        import os
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        os.replace(tmp, path)
+        return path
 
     # ------------------------------------------------------------------ post-processing and coding
     @torch.no_grad()

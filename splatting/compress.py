@@ -1,0 +1,166 @@
+"""Compress trained Gaussians after the fact: any 3dgs model (ours, or a PLY from another tool) to c3dgs.
+
+``scenezip compress`` takes a training run, a checkpoint, a model file or an INRIA-layout PLY. A c3dgs
+model is coded as it is; a 3dgs model is converted here, written by hand for lack of a library that does
+it:
+
+1. prune: Gaussians with opacity below ``prune_opacity`` are dropped (they are invisible);
+2. colour: a hash-grid colour field (:class:`~scenezip.fields.color_field.ColorField`) is *distilled* from
+   the SH colours: random (Gaussian, view direction) pairs, Adam on the mean squared difference between
+   the field's colour and the clamped SH colour ``max(SH(d) + 0.5, 0)`` the rasterizer would use; the
+   RMS error on held-out pairs is reported;
+3. geometry: R-VQ codebooks for scale and rotation fitted by k-means (at coding time);
+4. optional fine-tuning on the capture (``--data``): the c3dgs trainer continues from the converted
+   model without densification, with R-VQ active in the second half.
+
+Everything is then coded by :meth:`~scenezip.splatting.c3dgs.C3DGSModel.to_streams`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scenezip.errors import ScenezipError, SceneFileError
+from scenezip.fields.color_field import ColorFieldConfig
+from scenezip.render.sh import spherical_harmonics
+from scenezip.splatting.c3dgs import MODEL_FORMAT, C3DGSModel
+from scenezip.splatting.gaussians import FORMAT as GAUSSIANS_FORMAT
+from scenezip.splatting.gaussians import GaussianModel
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """A trained model from a run folder (``model.pt``, ``gaussians.pt`` or the newest checkpoint), a
+    checkpoint or model file, or an INRIA-layout ``.ply``: a :class:`GaussianModel` or :class:`C3DGSModel`."""
+    path = Path(path)
+    if path.is_dir():
+        from scenezip.splatting.trainer import checkpoint_paths
+
+        for name in ("model.pt", "gaussians.pt"):
+            if (path / name).is_file():
+                return load_trained(path / name, device)
+        ckpts = checkpoint_paths(path)
+        if not ckpts:
+            raise ScenezipError(f"{path}: no model.pt, gaussians.pt or ckpt_XXXXX.pt in this folder")
+        return load_trained(ckpts[-1][1], device)
+    if not path.is_file():
+        raise ScenezipError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".ply":
+        from scenezip.scenes.ply import read_ply_gaussians
+
+        a = read_ply_gaussians(path)
+        t = {k: torch.from_numpy(np.ascontiguousarray(a[k], dtype=np.float32))
+             for k in ("means", "quats", "scales", "opacities", "sh0", "shN")}  # fmt: skip
+        return GaussianModel(t["means"], t["quats"], t["scales"], t["opacities"], t["sh0"], t["shN"]).to(device)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise SceneFileError(f"{path}: cannot read a model ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]  # a training checkpoint
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == GAUSSIANS_FORMAT:
+        return GaussianModel.from_dict(data, device=device, source=str(path))
+    if fmt == MODEL_FORMAT:
+        return C3DGSModel.from_dict(data, device=device, source=str(path))
+    raise SceneFileError(f"{path}: not a scenezip model or checkpoint (format {fmt!r})")
+
+
+def auto_color_config(n_gaussians: int, levels: int = 16, log2_hashmap_size: int | None = None) -> ColorFieldConfig:
+    """Colour field for a post-hoc conversion: the table grows with the Gaussian count (2^10 .. 2^19 a level)."""
+    if log2_hashmap_size is None:
+        log2_hashmap_size = int(min(19, max(10, round(math.log2(max(n_gaussians, 2))) - 1)))
+    return ColorFieldConfig(n_levels=levels, log2_hashmap_size=log2_hashmap_size)
+
+
+def robust_bounds(means: torch.Tensor, lo_q: float = 0.01, hi_q: float = 0.99) -> torch.Tensor:
+    """``[2, 3]`` box of the central quantiles of the means (outliers are contracted by the field)."""
+    m = means.detach().float().cpu()
+    if m.shape[0] > 1 << 20:
+        m = m[torch.randperm(m.shape[0], generator=torch.Generator().manual_seed(0))[: 1 << 20]]
+    lo, hi = torch.quantile(m, lo_q, dim=0), torch.quantile(m, hi_q, dim=0)
+    pad = (hi - lo).clamp_min(1e-3) * 0.05
+    return torch.stack([lo - pad, hi + pad])
+
+
+def _sh_colors(source: GaussianModel, idx: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    coeffs = torch.cat([source.splats["sh0"][idx], source.splats["shN"][idx]], dim=1).detach()
+    return torch.clamp_min(spherical_harmonics(source.sh_degree, dirs, coeffs) + 0.5, 0.0)
+
+
+def distill_color_field(
+    model: C3DGSModel,
+    source: GaussianModel,
+    steps: int = 1000,
+    batch: int = 1 << 14,
+    lr: float = 1e-2,
+    seed: int = 0,
+    progress: bool = True,
+) -> float:
+    """Fit ``model.color_field`` to the SH colours of ``source`` (same Gaussians, same order).
+
+    Returns the RMS colour error (0..1 units) on 4096 held-out random (Gaussian, direction) pairs."""
+    from tqdm.auto import tqdm
+
+    if len(model) != len(source):
+        raise ValueError(f"model and source hold {len(model)} and {len(source)} Gaussians")
+    dev = model.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    means = model.splats["means"].detach()
+    field = model.color_field
+    opt = torch.optim.Adam(field.param_groups(lr, lr), eps=1e-15)
+    n = len(model)
+
+    def pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, n, (k,), generator=gen).to(dev)
+        d = torch.nn.functional.normalize(torch.randn(k, 3, generator=gen), dim=-1).to(dev)
+        return idx, d
+
+    for step in tqdm(range(steps), desc="distil colour", disable=not progress, dynamic_ncols=True):
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.1 ** (step / max(steps, 1)))
+        idx, d = pairs(min(batch, max(n, 1) * 4))
+        pred = field(means[idx], d)
+        loss = torch.mean((pred - _sh_colors(source, idx, d)) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        idx, d = pairs(4096)
+        err = torch.sqrt(torch.mean((field(means[idx], d) - _sh_colors(source, idx, d)) ** 2))
+    return float(err)
+
+
+def gaussians_to_c3dgs(
+    source: GaussianModel,
+    color_config: ColorFieldConfig | None = None,
+    prune_opacity: float = 0.005,
+    distill_steps: int = 1000,
+    rvq_stages: int = 6,
+    rvq_codebook_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[C3DGSModel, dict[str, Any]]:
+    """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
+    counts before and after pruning and the distillation RMS error."""
+    if not isinstance(source, GaussianModel):
+        raise ValueError(f"source must be a GaussianModel, got {type(source).__name__}")
+    n0 = len(source)
+    keep = torch.sigmoid(source.splats["opacities"].detach()) >= prune_opacity
+    if not bool(keep.any()):
+        raise ScenezipError(f"every Gaussian has opacity below prune_opacity={prune_opacity}")
+    kept = GaussianModel(*(source.splats[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+    cfg = color_config or auto_color_config(len(kept))
+    model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
+                                      rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size,
+                                      backend="auto", seed=seed)  # fmt: skip
+    rms = distill_color_field(model, kept, steps=distill_steps, seed=seed, progress=progress)
+    model.init_rvq()
+    model.use_rvq = True
+    return model, {"n_input": n0, "n_kept": len(kept), "distill_rms": rms,
+                   "color_log2_hashmap_size": cfg.log2_hashmap_size}  # fmt: skip
