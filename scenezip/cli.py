@@ -14,8 +14,9 @@ import torch
 
 import tyro
 
+from scenezip.cli_compress import CompressArgs, cmd_compress
 from scenezip.errors import ScenezipError
-from scenezip.splatting.config import TrainConfig
+from scenezip.splatting.config import C3DGSConfig, TrainConfig
 
 
 @dataclass
@@ -38,32 +39,102 @@ def cmd_data(args: DataArgs) -> None:
     print(format_summary(ds))
 
 
-@dataclass
-class TrainArgs(TrainConfig):
+# Methods `scenezip train --method NAME` knows: the config dataclass each one is trained from.
+TRAIN_METHODS: dict[str, type] = {"3dgs": TrainConfig, "c3dgs": C3DGSConfig}
+
+
+class TrainArgs:
     """Train a scene representation on a capture; writes checkpoints, scene.scz and metrics.json."""
 
-    method: Literal["3dgs"] = "3dgs"
-    """Representation to train: 3dgs (3D Gaussian splatting, uncompressed reference)."""
+
+def _split_method(argv: list[str]) -> tuple[str, list[str]]:
+    """Take ``--method NAME`` (or ``--method=NAME``) out of ``argv``; the default is 3dgs."""
+    method, rest, i = "3dgs", [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--method":
+            if i + 1 >= len(argv):
+                raise ScenezipError(f"--method needs a value: one of {', '.join(TRAIN_METHODS)}")
+            method, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--method="):
+            method = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if method not in TRAIN_METHODS:
+        raise ScenezipError(f"unknown method {method!r}; choose one of {', '.join(TRAIN_METHODS)}")
+    return method, rest
 
 
-def cmd_train(args: TrainArgs) -> None:
+def _parse_train(argv: list[str]):
+    method, rest = _split_method(argv)
+    cls = TRAIN_METHODS[method]
+    doc = (
+        f"{(cls.__doc__ or '').strip()}\n\n--method {{{','.join(TRAIN_METHODS)}}} picks the method (default 3dgs; "
+        f"this help is for --method {method}: run 'scenezip train --method NAME --help' for another)."
+    )
+    return tyro.cli(cls, args=rest, prog="scenezip train", description=doc)
+
+
+def method_of(config: object) -> str:
+    """The method name of a training config (by its exact class)."""
+    for name, cls in TRAIN_METHODS.items():
+        if type(config) is cls:
+            return name
+    raise ScenezipError(f"no method trains from {type(config).__name__}")
+
+
+def gaussian_streams(method: str, model, config=None) -> tuple[dict, dict]:
+    """``(metadata, streams)`` of a trained Gaussian model for its method's .scz contract."""
+    if method == "3dgs":
+        from scenezip.splatting.streams import gaussians_to_streams
+
+        return gaussians_to_streams(model)
+    if method == "c3dgs":
+        threshold = getattr(config, "hash_zero_threshold", None)
+        return model.to_streams() if threshold is None else model.to_streams(threshold)
+    raise ScenezipError(f"method {method!r} has no Gaussian stream contract")
+
+
+def _update_metrics_file(path: Path, **entries) -> None:
+    import json
+    import os
+
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(entries)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train_and_write(config, dataset=None):
+    """Train ``config``'s method and write ``scene.scz`` into its output folder.
+
+    Returns ``(result, scz_path, nbytes)``; ``metrics.json`` gains ``size_bytes``."""
     from scenezip.scene import scene_metadata
     from scenezip.scenes.loader import load_dataset
     from scenezip.scenes.scz import write_scz
-    from scenezip.splatting.gaussians import GaussianModel
-    from scenezip.splatting.streams import gaussians_to_streams
     from scenezip.splatting.trainer import train
 
-    background = tuple(args.background) if args.background is not None else (1.0, 1.0, 1.0)
-    ds = load_dataset(args.data, downscale=args.downscale, test_every=args.test_every,
-                      n_random_points=args.random_points, seed=args.seed, background=background)  # fmt: skip
-    result = train(args, dataset=ds)
-    model = GaussianModel.load(result.model_path)
-    meta, streams = gaussians_to_streams(model)
+    method = method_of(config)
+    if dataset is None:
+        background = tuple(config.background) if config.background is not None else (1.0, 1.0, 1.0)
+        dataset = load_dataset(config.data, downscale=config.downscale, test_every=config.test_every,
+                               n_random_points=config.random_points, seed=config.seed, background=background)  # fmt: skip
+    result = train(config, dataset=dataset)
+    meta, streams = gaussian_streams(method, result.model, config)
     scz = result.out_dir / "scene.scz"
-    nbytes = write_scz(scz, args.method, {**scene_metadata(ds), **meta}, streams)
+    nbytes = write_scz(scz, method, {**scene_metadata(dataset), **meta}, streams)
+    _update_metrics_file(result.metrics_path, size_bytes=nbytes)
+    result.metrics["size_bytes"] = nbytes
+    return result, scz, nbytes
+
+
+def cmd_train(args) -> None:
+    result, scz, nbytes = train_and_write(args)
     m = result.metrics
-    print(f"{args.method}: {result.n_gaussians} Gaussians, {result.steps} steps in {result.train_s:.1f} s; "
+    print(f"{method_of(args)}: {result.n_gaussians} Gaussians, {result.steps} steps in {result.train_s:.1f} s; "
           f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")  # fmt: skip
     print(f"wrote {scz} ({nbytes:,} bytes) and {result.metrics_path}")
 
@@ -84,16 +155,23 @@ def cmd_info(args: InfoArgs) -> None:
 
 @dataclass
 class RenderArgs:
-    """Render a .scz file from the cameras of a capture split and write PNG images."""
+    """Render a .scz file from a capture's cameras (PNG images) or along an orbit (a video)."""
 
     file: tyro.conf.Positional[Path]
     """The .scz file."""
-    data: Path
-    """Capture whose cameras to render (the one the scene was trained on)."""
+    data: Optional[Path] = None
+    """Capture whose cameras to render (the one the scene was trained on); optional with --orbit."""
     out: Path = Path("renders")
-    """Output folder for the PNG images (one per camera, named after the capture's images)."""
+    """Output: a folder for PNG images (one per camera, named after the capture's images), or with --orbit
+    a video file (.mp4 or .gif)."""
     split: Literal["train", "val", "test", "all"] = "test"
     """Which cameras of the capture to render."""
+    orbit: bool = False
+    """Render a video along an orbit fitted to the capture's cameras (or around the stored scene bounds)."""
+    frames: int = 120
+    """Frames of the orbit video."""
+    fps: int = 30
+    """Frame rate of the orbit video."""
     downscale: Optional[int] = None
     """Image downscale factor; default: the one that matches the image size stored in the file."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
@@ -127,17 +205,66 @@ def _render_view(scene, ds, i: int, background, device, backend: str):
     return rgb[0]
 
 
+def _to_uint8(rgb) -> np.ndarray:
+    return (rgb.detach().cpu().numpy().clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def render_orbit(file: Path, out: Path, data: Optional[Path] = None, frames: int = 120, fps: int = 30,
+                 downscale: Optional[int] = None, backend: str = "auto", progress: bool = True) -> Path:  # fmt: skip
+    """Render ``frames`` views along an orbit (fitted to ``data``'s cameras, else around the stored bounds)
+    and write them to the video ``out``."""
+    from tqdm.auto import tqdm
+
+    from scenezip._backend import resolve_backend
+    from scenezip.render.orbit import orbit_from_bounds, orbit_from_cameras, pinhole, write_video
+    from scenezip.scene import load_scene
+
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ScenezipError(f"{out}: an orbit video must end in .mp4 or .gif")
+    if frames < 1 or fps < 1:
+        raise ScenezipError(f"frames and fps must be >= 1, got {frames} and {fps}")
+    if data is not None:
+        scene, ds, background, device = _open_for_rendering(file, data, downscale, backend)
+        train_ids = ds.indices("train")
+        cams = ds.cameras[train_ids if len(train_ids) else ds.indices("all")]
+        viewmats = orbit_from_cameras(cams.viewmats, frames)
+        K, w, h = cams.Ks[0], int(cams.widths[0]), int(cams.heights[0])
+    else:
+        device = "cuda" if resolve_backend(backend) == "cuda" else "cpu"
+        scene = load_scene(file, device=device)
+        meta = scene.metadata.get("scene", {})
+        if "bounds" not in meta:
+            raise ScenezipError(f"{file}: the file stores no scene bounds; pass --data for an orbit")
+        w, h = (int(v) for v in meta.get("image_size") or (256, 256))
+        viewmats = orbit_from_bounds(np.asarray(meta["bounds"], dtype=float), frames)
+        K = pinhole(w, h)
+        bg = meta.get("background")
+        background = torch.tensor(bg if bg else [0.0, 0.0, 0.0], dtype=torch.float32, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in tqdm(range(frames), desc="orbit", unit="frame", disable=not progress):
+        rgb, _ = scene.render(viewmats[i : i + 1].to(device), K[None].to(device), w, h,
+                              backgrounds=background[None], backend=backend)  # fmt: skip
+        images.append(_to_uint8(rgb[0]))
+    return write_video(out, np.stack(images), fps=fps)
+
+
 def cmd_render(args: RenderArgs) -> None:
     import imageio.v3 as iio
     from tqdm.auto import tqdm
 
+    if args.orbit:
+        path = render_orbit(args.file, args.out, args.data, args.frames, args.fps, args.downscale, args.backend)
+        print(f"wrote {path} ({args.frames} frames at {args.fps} fps)")
+        return
+    if args.data is None:
+        raise ScenezipError("--data is needed to render a capture's cameras (or use --orbit)")
     scene, ds, background, device = _open_for_rendering(args.file, args.data, args.downscale, args.backend)
     ids = ds.indices(args.split)
     args.out.mkdir(parents=True, exist_ok=True)
     for i in tqdm(ids, desc=f"render {args.split}", unit="view"):
         rgb = _render_view(scene, ds, int(i), background, device, args.backend)
-        img = (rgb.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        iio.imwrite(args.out / (Path(ds.image_paths[int(i)]).stem + ".png"), img)
+        iio.imwrite(args.out / (Path(ds.image_paths[int(i)]).stem + ".png"), _to_uint8(rgb))
     print(f"wrote {len(ids)} images to {args.out}")
 
 
@@ -213,11 +340,14 @@ def cmd_eval(args: EvalArgs) -> None:
 COMMANDS: dict[str, tuple[type, Callable[[object], None]]] = {
     "data": (DataArgs, cmd_data),
     "train": (TrainArgs, cmd_train),
+    "compress": (CompressArgs, cmd_compress),
     "render": (RenderArgs, cmd_render),
     "eval": (EvalArgs, cmd_eval),
     "info": (InfoArgs, cmd_info),
 }
 
+# Commands whose arguments depend on an option (train: --method) parse themselves.
+PARSERS: dict[str, Callable[[list[str]], object]] = {"train": _parse_train}
 
 
 def _usage() -> str:
@@ -253,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn = COMMANDS[name]
     # notices such as the backend fallback print as one plain line, not with the warning's source line
     warnings.showwarning = lambda message, *_a, **_k: print(message, file=sys.stderr)
-    args = tyro.cli(cls, args=argv[1:], prog=f"scenezip {name}", description=cls.__doc__)
     try:
+        if name in PARSERS:
+            args = PARSERS[name](argv[1:])
+        else:
+            args = tyro.cli(cls, args=argv[1:], prog=f"scenezip {name}", description=cls.__doc__)
         fn(args)
     except ScenezipError as e:
         print(f"scenezip {name}: error: {e}", file=sys.stderr)

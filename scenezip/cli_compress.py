@@ -1,0 +1,128 @@
+"""``scenezip compress``: a trained scene (ours or another tool's PLY) into a compact c3dgs ``.scz`` file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+from scenezip.errors import ScenezipError
+
+
+@dataclass
+class CompressArgs:
+    """Compress a trained scene (run folder, checkpoint, model file or INRIA-layout PLY) into a c3dgs .scz file."""
+
+    source: tyro.conf.Positional[Path]
+    """A training run folder, a ckpt_XXXXX.pt / gaussians.pt / model.pt file, or a 3DGS PLY from any tool."""
+    out: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("scene.scz")
+    """The .scz file to write."""
+    data: Optional[Path] = None
+    """Capture to fine-tune on after converting a 3dgs model (optional); also gives the file its scene facts."""
+    steps: int = 1000
+    """Fine-tuning steps on --data (ignored without --data)."""
+    downscale: int = 1
+    """Image downscale factor of --data."""
+    distill_steps: int = 1000
+    """Steps fitting the hash-grid colour field to a 3dgs model's SH colours."""
+    prune_opacity: float = 0.005
+    """Drop Gaussians of a 3dgs model with opacity below this before converting."""
+    color_log2_hashmap_size: Optional[int] = None
+    """log2 entries per level of the colour field (None: grows with the Gaussian count, 2^10..2^19)."""
+    rvq_stages: int = 6
+    """R-VQ stages for scale and rotation."""
+    rvq_codebook_size: int = 64
+    """Codes per R-VQ stage."""
+    hash_zero_threshold: float = 0.1
+    """Hash-table values with |v| at or below this are stored as 0."""
+    backend: Literal["auto", "torch", "cuda"] = "auto"
+    """Rasterizer backend for fine-tuning."""
+    seed: int = 0
+    """Seed of distillation, k-means and fine-tuning."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def _stored_scene_meta(source: Path) -> dict:
+    """The ``scene`` metadata of the scene.scz next to a run's files, if there is one."""
+    from scenezip.scenes.scz import read_scz
+
+    folder = source if source.is_dir() else source.parent
+    if (folder / "scene.scz").is_file():
+        try:
+            meta = read_scz(folder / "scene.scz").metadata
+            return {"scene": meta["scene"]} if "scene" in meta else {}
+        except ScenezipError:
+            return {}
+    return {}
+
+
+def compress_scene(args: CompressArgs) -> dict:
+    """Do the work of ``scenezip compress``; returns a report (counts, sizes, distillation error)."""
+    import tempfile
+
+    from scenezip.fields.color_field import ColorFieldConfig
+    from scenezip.scene import scene_metadata
+    from scenezip.scenes.scz import write_scz
+    from scenezip.splatting.c3dgs import C3DGSModel
+    from scenezip.splatting.compress import auto_color_config, gaussians_to_c3dgs, load_trained
+    from scenezip.splatting.config import C3DGSConfig, DensifyConfig
+    from scenezip.splatting.gaussians import GaussianModel
+
+    if args.out.suffix.lower() != ".scz":
+        raise ScenezipError(f"{args.out}: the output must be a .scz file")
+    model = load_trained(args.source)
+    meta = _stored_scene_meta(args.source)
+    report: dict = {"source": str(args.source)}
+    ds = None
+    if args.data is not None:
+        from scenezip.scenes.loader import load_dataset
+
+        ds = load_dataset(args.data, downscale=args.downscale, n_random_points=2, seed=args.seed)
+        meta = scene_metadata(ds)
+    if isinstance(model, GaussianModel):
+        in_bytes = sum(p.numel() * 4 for p in model.splats.values())
+        if args.source.is_file() and args.source.suffix.lower() == ".ply":
+            in_bytes = args.source.stat().st_size
+        report.update(n_input=len(model), input_bytes=in_bytes)
+        cfg = (auto_color_config(len(model)) if args.color_log2_hashmap_size is None else
+               ColorFieldConfig(log2_hashmap_size=args.color_log2_hashmap_size))  # fmt: skip
+        model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
+                                         args.rvq_codebook_size, args.seed, args.progress)  # fmt: skip
+        report.update(conv)
+        print(f"converted {report['n_input']:,} Gaussians ({conv['n_kept']:,} above the opacity floor); colour "
+              f"field distilled from SH with RMS error {conv['distill_rms']:.4f}")  # fmt: skip
+        if ds is not None and args.steps > 0:
+            from scenezip.splatting.trainer import train
+
+            config = C3DGSConfig(
+                data=args.data, steps=args.steps, downscale=args.downscale, densify=DensifyConfig(enabled=False),
+                lr_means=1.6e-5, rvq_start=15_000, checkpoint_every=0, keep_checkpoints=1, backend=args.backend,
+                seed=args.seed, progress=args.progress, hash_zero_threshold=args.hash_zero_threshold,
+            )  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                config.out = Path(tmp)
+                result = train(config, dataset=ds, init_model=model)
+            model = result.model.cpu()
+            report["finetune_psnr"] = result.metrics["psnr"]
+            print(f"fine-tuned {args.steps} steps: {args.data} test PSNR {result.metrics['psnr']:.2f} dB "
+                  f"({result.n_gaussians:,} Gaussians)")  # fmt: skip
+    elif isinstance(model, C3DGSModel):
+        report.update(n_input=len(model), input_bytes=None)
+        if model.frozen:
+            raise ScenezipError(f"{args.source}: this model is already post-processed; its .scz is the compressed file")
+    else:
+        raise ScenezipError(f"{args.source}: cannot compress a {type(model).__name__}")
+    streams_meta, streams = model.to_streams(args.hash_zero_threshold)
+    nbytes = write_scz(args.out, "c3dgs", {**meta, **streams_meta}, streams)
+    report.update(n_gaussians=streams_meta["n_gaussians"], size_bytes=nbytes)
+    return report
+
+
+def cmd_compress(args: CompressArgs) -> None:
+    r = compress_scene(args)
+    ratio = (f", {r['input_bytes'] / r['size_bytes']:.1f}x smaller than its {r['input_bytes']:,} bytes"
+             if r.get("input_bytes") else "")  # fmt: skip
+    print(f"wrote {args.out}: {r['n_gaussians']:,} Gaussians in {r['size_bytes']:,} bytes{ratio}")
