@@ -38,7 +38,8 @@ holds a 16-bit palette index (R low byte, G high), ``shN_centroids.webp`` (``64 
 pixels, ``K'`` coefficients per channel) holds for palette entry ``l`` and coefficient ``j`` at pixel
 ``((l % 64) K' + j, l // 64)`` the codebook indices of the red, green and blue coefficient. Palettes of
 at most ``sh_palette`` entries: exact (one entry per splat) when ``N`` is at most that, k-means otherwise.
-Pillow writes the WebP files with ``exact=True`` so RGB under a zero alpha survives.
+Pillow writes the WebP files with ``exact=True`` so RGB under a zero alpha survives, at ``quality=50`` (for
+lossless WebP the quality is the encoder effort: 100 took 50x longer on noisy planes for <1% smaller files).
 
 glTF (Khronos ``KHR_gaussian_splatting``, ratified text): one ``POINTS`` primitive whose attributes are
 ``POSITION`` (with min/max), ``KHR_gaussian_splatting:ROTATION`` (VEC4 float, x y z w),
@@ -76,7 +77,7 @@ FORMATS: tuple[str, ...] = ("ply", "splat", "spz", "sog", "glb")
 SPZ_MAGIC = 0x5053474E
 SPZ_COLOR_SCALE = 0.15
 SPZ_MAX_POINTS = 10_000_000  # the reference loader's limit
-SOG_PALETTE = 4096
+SOG_PALETTE = 2048  # CPU k-means cost grows with it; PlayCanvas uses up to 65536
 GLB_MAGIC = 0x46546C67
 GLB_JSON = 0x4E4F534A
 GLB_BIN = 0x004E4942
@@ -301,7 +302,9 @@ def kmeans_1d(values: np.ndarray, k: int = 256, iters: int = 10) -> tuple[np.nda
     return cb, lab.astype(dtype).reshape(np.shape(values))
 
 
-def kmeans(x: np.ndarray, k: int, iters: int = 5, seed: int = 0, fit_max: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    x: np.ndarray, k: int, iters: int = 5, seed: int = 0, fit_max: int = 32768
+) -> tuple[np.ndarray, np.ndarray]:
     """Vector k-means ``[M, D] -> (centroids [k, D] float32, labels [M] int64)``; fitted on a random
     subset of at most ``fit_max`` rows (torch matmul distances in chunks), then every row assigned."""
     import torch
@@ -334,7 +337,7 @@ def _webp(rgba: np.ndarray) -> bytes:
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgba, dtype=np.uint8), "RGBA").save(
-        buf, format="WEBP", lossless=True, quality=100, method=4, exact=True
+        buf, format="WEBP", lossless=True, quality=50, method=4, exact=True
     )
     return buf.getvalue()
 
@@ -363,7 +366,7 @@ def encode_sog(splats: Mapping[str, np.ndarray], sh_palette: int = SOG_PALETTE, 
 
     Args:
         sh_palette: maximum palette entries for the higher SH bands (at most 65536).
-        kmeans_iters: Lloyd iterations of the codebook and palette k-means.
+        kmeans_iters: Lloyd iterations of the 256-entry codebooks (the palette k-means runs at most 5).
     """
     if not 1 <= sh_palette <= 65536:
         raise ValueError(f"sh_palette must be in 1..65536, got {sh_palette}")
@@ -415,7 +418,7 @@ def encode_sog(splats: Mapping[str, np.ndarray], sh_palette: int = SOG_PALETTE, 
         if n <= sh_palette:
             centroids, labels = rest, np.arange(n)
         else:
-            centroids, labels = kmeans(rest, sh_palette, kmeans_iters, seed)
+            centroids, labels = kmeans(rest, sh_palette, min(kmeans_iters, 5), seed)
         count = centroids.shape[0]
         sh_cb, sh_lab = kmeans_1d(centroids, 256, kmeans_iters)  # [count, 3 K'] uint8
         rows = int(math.ceil(count / 64))
