@@ -187,6 +187,12 @@ def to_plain(model: Any, sh_degree: int | None = None, n_dirs: int = 64, seed: i
 
     if sh_degree is not None and not 0 <= int(sh_degree) <= 3:
         raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+    fn = getattr(model, "to_plain", None)
+    if callable(fn):  # first: surfel models subclass GaussianModel and must keep surfel=True
+        out = fn(sh_degree)
+        if not isinstance(out, PlainSplats):
+            raise ValueError(f"{type(model).__name__}.to_plain must return PlainSplats, got {type(out).__name__}")
+        return out
     if isinstance(model, GaussianModel):
         degree = model.sh_degree if sh_degree is None else int(sh_degree)
         if degree > model.sh_degree:
@@ -214,12 +220,6 @@ def to_plain(model: Any, sh_degree: int | None = None, n_dirs: int = 64, seed: i
         c = coeffs.cpu()
         return PlainSplats(means.cpu().numpy(), quats.cpu().numpy(), scales.cpu().numpy(), logits.cpu().numpy(),
                            c[:, :1].numpy(), c[:, 1:].numpy(), fit_error=rms)  # fmt: skip
-    fn = getattr(model, "to_plain", None)
-    if callable(fn):
-        out = fn(sh_degree)
-        if not isinstance(out, PlainSplats):
-            raise ValueError(f"{type(model).__name__}.to_plain must return PlainSplats, got {type(out).__name__}")
-        return out
     raise ValueError(f"to_plain cannot decode a {type(model).__name__} (GaussianModel, C3DGSModel or an object "
                      f"with to_plain(sh_degree) expected)")  # fmt: skip
 

@@ -159,3 +159,17 @@ def test_baked_render_matches_c3dgs_render(baked):
     psnr = -10 * np.log10(max(mse, 1e-12))
     assert float(ref.mean()) > 0.05  # the scene is visible
     assert psnr >= 40.0, psnr
+
+
+def test_subclass_with_its_own_to_plain_wins():
+    class Flat(GaussianModel):  # as SurfelModel: a GaussianModel subclass that decodes itself
+        def to_plain(self, sh_degree=None):
+            return PlainSplats(**{**to_plain_base(self).arrays(), "surfel": True})
+
+    def to_plain_base(m):
+        return PlainSplats(*(getattr(m, k).detach().numpy().copy() for k in ("means", "quats", "scales", "opacities",
+                                                                                "sh0", "shN")))  # fmt: skip
+
+    gm = _gaussians(6)
+    flat = Flat(gm.means, gm.quats, gm.scales, gm.opacities, gm.sh0, gm.shN)
+    assert to_plain(flat).surfel
