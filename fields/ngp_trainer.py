@@ -409,9 +409,9 @@ def train_ngp(
                 n_samples = int(out_rays["n_samples"])
                 bar.update(1)
                 if step % 10 == 0 or step == config.steps:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{batch_psnr:.2f}", samples=str(n_samples))
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{batch_psnr:.2f}", samples=str(n_samples))
                 if on_step is not None:
-                    on_step(step, {"loss": float(loss), "psnr": batch_psnr, "n_samples": n_samples,
+                    on_step(step, {"loss": float(loss.detach()), "psnr": batch_psnr, "n_samples": n_samples,
                                    "occupancy": model.occupancy.occupancy_fraction()})  # fmt: skip
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     last_ckpt = save_checkpoint(step)
