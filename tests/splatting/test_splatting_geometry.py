@@ -115,7 +115,7 @@ def test_depth_and_normal_images(flat_scene):
 def test_tsdf_mesh_of_true_surfels_lies_on_the_true_surface(flat_scene, tmp_path):
     pytest.importorskip("open3d", reason='open3d is optional (pip install -e ".[mesh]")')
     ds, model, _, surface = flat_scene
-    vertices, triangles = tsdf_mesh(model, ds.cameras, voxel_size=0.008, depth_trunc=3.0, backend="torch",
+    vertices, triangles = tsdf_mesh(model, ds.cameras[[0, 1, 2, 3, 4, 5]], voxel_size=0.008, depth_trunc=3.0, backend="torch",
                                     surfel_depth="intersection")  # fmt: skip
     assert len(triangles) > 1000 and vertices.dtype == np.float32 and triangles.dtype == np.int32
     points = sample_mesh_points(vertices, triangles, 20000, seed=0)
