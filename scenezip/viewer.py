@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import socket
 import sys
 import threading
 import time
@@ -433,6 +434,17 @@ def _background(metadata: dict) -> np.ndarray:
     return np.asarray(bg if bg else (1.0, 1.0, 1.0), dtype=np.float32)
 
 
+def check_host(host: str) -> None:
+    """ScenezipError unless this machine can listen on ``host`` (viser would wait forever otherwise)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        with socket.socket(family, kind, proto) as sock:
+            sock.bind(address)
+    except OSError as e:
+        raise ScenezipError(f"cannot listen on host {host!r} ({e.strerror or e})") from None
+
+
 def start_viewer(
     file: str | Path,
     host: str = "127.0.0.1",
@@ -456,6 +468,7 @@ def start_viewer(
         raise ScenezipError(f"--preview-budget-s must be positive, got {preview_budget_s}")
     if not 0 <= port <= 65535:
         raise ScenezipError(f"--port must be in 0..65535, got {port}")
+    check_host(host)
     viser = import_viser()
 
     import torch
@@ -486,10 +499,7 @@ def start_viewer(
     center, radius = scene_box(points, scene.metadata)
 
     with contextlib.redirect_stdout(io.StringIO()):  # viser prints its own banner; we print the URL
-        try:
-            server = viser.ViserServer(host=host, port=port, label=f"scenezip · {file.name}", verbose=False)
-        except OSError as e:
-            raise ScenezipError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        server = viser.ViserServer(host=host, port=port, label=f"scenezip · {file.name}", verbose=False)
     try:
         server.gui.configure_theme(show_share_button=False)  # sharing needs viser's public relay
         server.scene.set_up_direction(up_dir)

@@ -215,9 +215,9 @@ def test_frame_renderer_previews_then_renders_the_full_frame_in_strips(scene_fil
         if image.shape[:2] == (48, 64):
             done.set()
 
-    # a pretend-slow renderer (1 ms per pixel) makes the preview small and the full frame come in strips
-    r = FrameRenderer(render_fn, send_fn, render_size=64, preview_budget_s=0.4, settle_s=0.05, strip_s=0.8,
-                      seconds_per_pixel=1e-3).start()  # fmt: skip
+    # tiny time budgets make the preview as small as allowed and the full frame come in strips of 8 rows
+    r = FrameRenderer(render_fn, send_fn, render_size=64, preview_budget_s=1e-6, settle_s=0.05, strip_s=1e-6,
+                      seconds_per_pixel=1e-4).start()  # fmt: skip
     try:
         pos = np.array([1.5, 0.2, 0.8])
         wxyz = look_at_wxyz(pos, [0.2, 0.3, 0.1], [0, 0, 1])
@@ -226,14 +226,42 @@ def test_frame_renderer_previews_then_renders_the_full_frame_in_strips(scene_fil
     finally:
         r.stop()
     assert r._thread is not None and not r._thread.is_alive()
-    assert sent[0].shape[0] * sent[0].shape[1] < 64 * 48  # the preview came first, smaller
-    assert any(h < 48 for w, h in calls if w == 64)  # the full frame was rendered in strips
+    assert max(sent[0].shape[:2]) == 16  # the preview came first, as small as allowed
+    assert [h for w, h in calls if w == 64] == [8] * 6  # the full frame was rendered in strips
     viewmat, K = camera_to_opencv(wxyz, pos, math.radians(60), 64, 48)
     expect = render_fn(viewmat, K, 64, 48)
     assert (expect[..., 1] < 128).sum() > 100  # the arms are in view
     # strips == one full render, up to the rasterizer's culling of far tails at an image's edge
     diff = np.abs(sent[-1].astype(int) - expect.astype(int))
     assert diff.max() <= 4 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
+def test_frame_renderer_drops_a_full_frame_when_the_camera_moves():
+    sent, done = [], threading.Event()
+    ident = np.array([1.0, 0.0, 0.0, 0.0])
+
+    def render_fn(viewmat, K, w, h):  # fills the frame with 50 x (the camera's x position)
+        if (w, h) == (64, 8) and viewmat[0, 3] == -1.0 and not moved:
+            moved.append(True)
+            r.update("c", None, ident, [2.0, 0.0, 0.0], 1.0, 64, 48)  # the user drags mid-frame
+        return np.full((h, w, 3), -50.0 * viewmat[0, 3], dtype=np.uint8)
+
+    def send_fn(client, image):
+        sent.append((image.shape[:2], int(image[0, 0, 0])))
+        if image.shape[:2] == (48, 64):
+            done.set()
+
+    moved: list[bool] = []
+    r = FrameRenderer(render_fn, send_fn, render_size=64, preview_budget_s=1e-6, settle_s=0.05, strip_s=1e-6,
+                      seconds_per_pixel=1e-4).start()  # fmt: skip
+    try:
+        r.update("c", None, ident, [1.0, 0.0, 0.0], 1.0, 64, 48)
+        assert done.wait(30), sent
+    finally:
+        r.stop()
+    full = [value for shape, value in sent if shape == (48, 64)]
+    assert moved and full == [100], sent  # the first camera's full frame was abandoned, not sent
+    assert ((12, 16), 50) in sent  # its preview was shown
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -282,6 +310,36 @@ def test_bad_file_and_options_raise_user_errors(tmp_path, scene_file):
         start_viewer(scene_file, port=0, max_splats=0)
     with pytest.raises(ScenezipError, match="port"):
         start_viewer(scene_file, port=70000)
+    with pytest.raises(ScenezipError, match="cannot listen on host '256.0.0.1'"):
+        start_viewer(scene_file, host="256.0.0.1", port=0)
+
+
+@needs_viser
+def test_c3dgs_files_send_their_kept_gaussians_with_baked_colours(tmp_path):
+    from scenezip.fields.color_field import ColorFieldConfig
+    from scenezip.scenes.scz import write_scz
+    from scenezip.splatting.c3dgs import C3DGSModel
+    from scenezip.splatting.gaussians import GaussianModel
+    from scenezip.splatting.plain import to_plain
+
+    g = torch.Generator().manual_seed(0)
+    gm = GaussianModel.from_points(torch.rand(60, 3, generator=g) - 0.5, torch.rand(60, 3, generator=g), sh_degree=1)
+    cfg = ColorFieldConfig(n_levels=4, log2_hashmap_size=8, base_resolution=4, per_level_scale=2.0, hidden_dim=16)
+    model = C3DGSModel.from_gaussians(gm, cfg, ((-1.0,) * 3, (1.0,) * 3), backend="torch")
+    with torch.no_grad():
+        model.splats["masks"][:15] = -8.0  # pruned
+    meta, streams = model.to_streams()
+    path = tmp_path / "c.scz"
+    write_scz(path, "c3dgs", meta, streams)
+    handle = start_viewer(path, port=0)
+    try:
+        from scenezip.scene import load_scene
+
+        plain = to_plain(load_scene(path).model, sh_degree=0)
+        assert handle.mode == "splats" and handle.n_splats == len(select_splats(plain.opacities, plain.scales, None))
+        assert 0 < handle.n_splats <= 45 and plain.fit_error is not None
+    finally:
+        handle.stop()
 
 
 @needs_viser
