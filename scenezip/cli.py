@@ -15,6 +15,7 @@ import torch
 import tyro
 
 from scenezip.cli_compress import CompressArgs, cmd_compress
+from scenezip.demo import DemoArgs, cmd_demo
 from scenezip.errors import ScenezipError
 from scenezip.splatting.config import C3DGSConfig, TrainConfig
 
@@ -344,6 +345,7 @@ COMMANDS: dict[str, tuple[type, Callable[[object], None]]] = {
     "render": (RenderArgs, cmd_render),
     "eval": (EvalArgs, cmd_eval),
     "info": (InfoArgs, cmd_info),
+    "demo": (DemoArgs, cmd_demo),
 }
 
 # Commands whose arguments depend on an option (train: --method) parse themselves.
