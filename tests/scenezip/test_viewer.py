@@ -8,6 +8,7 @@ requested nothing else. WebGL runs on SwiftShader (software), so they run on mac
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import math
 import os
@@ -42,10 +43,10 @@ from scenezip.viewer import (
 )
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
-needs_viser = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("viser") is None, reason="viser is not installed (pip install viser)"
-)
+NO_CHROMIUM = "Chromium is not installed (Debian: apt-get install chromium)"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+NO_VISER = "viser is not installed (pip install viser)"
+needs_viser = pytest.mark.skipif(importlib.util.find_spec("viser") is None, reason=NO_VISER)
 
 MAGENTA = (1.0, 0.0, 1.0)
 GREEN = (0.0, 1.0, 0.0)
@@ -507,7 +508,7 @@ def save_shot(img: np.ndarray, name: str) -> None:
 @pytest.fixture
 def browser():
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+        pytest.skip(NO_CHROMIUM)
     b = Browser()
     yield b
     b.close()
