@@ -20,10 +20,12 @@ Training transform (``HashTableCompressor.forward(flat) -> flat'``, usable as a 
 Masking starts at training step ``mask_start`` and quantization at ``qat_start`` (call
 :meth:`HashTableCompressor.set_step` every step); before that the transform is the identity.
 
-Rate term (``rate_loss()``, in estimated bits per table parameter): for every mask unit ``u`` with
-soft mask ``s_u = sigmoid(m_u)``, ``sum_u s_u * b_u / n_params`` where ``b_u`` is the estimated cost of
-coding the unit's values. Before quantization starts ``b_u = F * prior_bits`` (a constant, so the
-term is Compact-3DGS' mean soft mask, scaled). Once it runs, ``b_u`` is the code length of the
+Rate term (``rate_loss()``, in estimated bits per table parameter): ``sum_u M_u * b_u / n_params`` over
+mask units ``u``, where ``M_u`` is the hard mask with the straight-through gradient of ``sigmoid(m_u)``
+(so the value counts exactly the kept units, as the file does; weighting by the soft mask instead
+under-counted the coded size 3-6x once surviving logits sank towards the threshold) and ``b_u`` is the
+estimated cost of coding the unit's values. Before quantization starts ``b_u = F * prior_bits`` (a constant, so the
+term has the gradient of Compact-3DGS' mean soft mask, scaled). Once it runs, ``b_u`` is the code length of the
 unit's values ``y = x / step_l`` under a discretized Laplace model of the level (scale: the mean
 ``|round(y)|`` of the level's kept values, held fixed per step), differentiable in ``x``, the step
 and the logits: the rate gradient lowers the masks of costly entries, pulls values towards zero and
@@ -300,8 +302,8 @@ class HashTableCompressor(nn.Module):
             raise ValueError("rate_loss needs flat_params (or a forward call first)")
         if not (self.enabled and self.mask_active):
             return torch.zeros((), device=flat.device)
-        s = torch.sigmoid(self.mask_logits.to(flat.device))
-        return (s * self.unit_bits(flat)).sum() / self.n_params
+        m = hard_mask(self.mask_logits.to(flat.device), self.mask_threshold)
+        return (m * self.unit_bits(flat)).sum() / self.n_params
 
     # ------------------------------------------------------------------ what a file stores
     @torch.no_grad()
