@@ -15,9 +15,13 @@ import torch
 import tyro
 
 from scenezip.cli_compress import CompressArgs, cmd_compress
+from scenezip.cli_export import ExportArgs, cmd_export
+from scenezip.cli_mesh import MeshArgs, cmd_mesh
 from scenezip.demo import DemoArgs, cmd_demo
 from scenezip.errors import ScenezipError
-from scenezip.splatting.config import C3DGSConfig, TrainConfig
+from scenezip.fields.ngp_config import NGPConfig
+from scenezip.viewer import ViewArgs, cmd_view
+from scenezip.splatting.config import C3DGSConfig, SurfelTrainConfig, TrainConfig
 
 
 @dataclass
@@ -41,7 +45,9 @@ def cmd_data(args: DataArgs) -> None:
 
 
 # Methods `scenezip train --method NAME` knows: the config dataclass each one is trained from.
-TRAIN_METHODS: dict[str, type] = {"3dgs": TrainConfig, "c3dgs": C3DGSConfig}
+TRAIN_METHODS: dict[str, type] = {
+    "3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "ngp": NGPConfig,
+}  # fmt: skip
 
 
 class TrainArgs:
@@ -92,6 +98,10 @@ def gaussian_streams(method: str, model, config=None) -> tuple[dict, dict]:
         from scenezip.splatting.streams import gaussians_to_streams
 
         return gaussians_to_streams(model)
+    if method == "2dgs":
+        from scenezip.splatting.surfels import surfels_to_streams
+
+        return surfels_to_streams(model)
     if method == "c3dgs":
         threshold = getattr(config, "hash_zero_threshold", None)
         return model.to_streams() if threshold is None else model.to_streams(threshold)
@@ -122,9 +132,17 @@ def train_and_write(config, dataset=None):
     if dataset is None:
         background = tuple(config.background) if config.background is not None else (1.0, 1.0, 1.0)
         dataset = load_dataset(config.data, downscale=config.downscale, test_every=config.test_every,
-                               n_random_points=config.random_points, seed=config.seed, background=background)  # fmt: skip
-    result = train(config, dataset=dataset)
-    meta, streams = gaussian_streams(method, result.model, config)
+                               n_random_points=getattr(config, "random_points", 1), seed=config.seed,
+                               background=background)  # fmt: skip
+    if method == "ngp":
+        from scenezip.fields.ngp_streams import ngp_to_streams
+        from scenezip.fields.ngp_trainer import train_ngp
+
+        result = train_ngp(config, dataset=dataset)
+        meta, streams = ngp_to_streams(result.model)
+    else:
+        result = train(config, dataset=dataset)
+        meta, streams = gaussian_streams(method, result.model, config)
     scz = result.out_dir / "scene.scz"
     nbytes = write_scz(scz, method, {**scene_metadata(dataset), **meta}, streams)
     _update_metrics_file(result.metrics_path, size_bytes=nbytes)
@@ -135,7 +153,8 @@ def train_and_write(config, dataset=None):
 def cmd_train(args) -> None:
     result, scz, nbytes = train_and_write(args)
     m = result.metrics
-    print(f"{method_of(args)}: {result.n_gaussians} Gaussians, {result.steps} steps in {result.train_s:.1f} s; "
+    count = f"{result.n_gaussians:,} Gaussians" if hasattr(result, "n_gaussians") else f"{result.n_primitives:,} hash entries"
+    print(f"{method_of(args)}: {count}, {result.steps} steps in {result.train_s:.1f} s; "
           f"test PSNR {m.get('psnr', float('nan')):.2f} dB, SSIM {m.get('ssim', float('nan')):.4f}")  # fmt: skip
     print(f"wrote {scz} ({nbytes:,} bytes) and {result.metrics_path}")
 
@@ -338,6 +357,10 @@ def cmd_eval(args: EvalArgs) -> None:
         args.json.write_text(json.dumps(result, indent=2))
 
 
+class ImageArgsDoc:
+    """Code a single image with 2D Gaussians: 'scenezip image encode IN -o OUT.scz --bpp B', 'image decode'."""
+
+
 COMMANDS: dict[str, tuple[type, Callable[[object], None]]] = {
     "data": (DataArgs, cmd_data),
     "train": (TrainArgs, cmd_train),
@@ -345,6 +368,10 @@ COMMANDS: dict[str, tuple[type, Callable[[object], None]]] = {
     "render": (RenderArgs, cmd_render),
     "eval": (EvalArgs, cmd_eval),
     "info": (InfoArgs, cmd_info),
+    "export": (ExportArgs, cmd_export),
+    "mesh": (MeshArgs, cmd_mesh),
+    "view": (ViewArgs, cmd_view),
+    "image": (ImageArgsDoc, None),
     "demo": (DemoArgs, cmd_demo),
 }
 
@@ -379,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scenezip {__version__}")
         return 0
     name = argv[0]
+    if name == "image":  # subcommands (encode, decode) of their own
+        from scenezip.cli_image import image_main
+
+        return image_main(argv[1:])
     if name not in COMMANDS:
         print(f"scenezip: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -60,7 +60,23 @@ def _load_c3dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> t
     return model, len(model)
 
 
-LOADERS: dict[str, Callable[[dict, dict, str], tuple[Any, int]]] = {"3dgs": _load_3dgs, "c3dgs": _load_c3dgs}
+def _load_2dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
+    from scenezip.splatting.surfels import surfels_from_streams
+
+    model = surfels_from_streams(arrays, metadata, source)
+    return model, len(model)
+
+
+def _load_ngp(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
+    from scenezip.fields.ngp_streams import ngp_from_streams
+
+    model = ngp_from_streams(arrays, metadata, source)
+    return model, len(model)
+
+
+LOADERS: dict[str, Callable[[dict, dict, str], tuple[Any, int]]] = {
+    "3dgs": _load_3dgs, "c3dgs": _load_c3dgs, "2dgs": _load_2dgs, "ngp": _load_ngp,
+}  # fmt: skip
 
 
 def load_scene(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedScene:

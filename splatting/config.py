@@ -13,6 +13,8 @@ from typing import Literal, Optional
 
 import tyro
 
+from scenezip.splatting.surfels import SurfelLossConfig
+
 
 @dataclass
 class DensifyConfig:
@@ -166,4 +168,14 @@ class C3DGSConfig(GaussianTrainConfig):
     """Learning rate of the R-VQ codebooks."""
     hash_zero_threshold: float = 0.1
     """When coding, hash-table values with |v| at or below this are stored as 0 (Compact-3DGS: 0.1)."""
+
+
+@dataclass
+class SurfelTrainConfig(TrainConfig):
+    """Train 2D Gaussian surfels (Huang et al. 2024) with normal-consistency and depth-distortion losses."""
+
+    out: Path = Path("runs/2dgs")
+    """Output folder: checkpoints ckpt_XXXXX.pt, the final surfels.pt and metrics.json."""
+    surfel: SurfelLossConfig = field(default_factory=SurfelLossConfig)
+    """Surfel regularization (normal consistency, depth distortion) and its schedule."""
 

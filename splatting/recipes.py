@@ -28,7 +28,7 @@ from torch import Tensor
 
 from scenezip.errors import ScenezipError
 from scenezip.scenes.dataset import Dataset
-from scenezip.splatting.config import C3DGSConfig, GaussianTrainConfig, TrainConfig
+from scenezip.splatting.config import C3DGSConfig, GaussianTrainConfig, SurfelTrainConfig, TrainConfig
 
 
 def _adam(params: list, lr: float, name: str) -> torch.optim.Adam:
@@ -47,6 +47,9 @@ class Gaussian3DRecipe:
         self.scaled = schedule_steps or (lambda v: v)
 
     # ------------------------------------------------------------------ checks and models
+    def prepare(self, ds: Dataset) -> None:
+        """Settle what depends on the capture (called once the dataset is loaded, before any model)."""
+
     def check(self) -> None:
         c = self.config
         if not 0 <= c.sh_degree <= 3:
@@ -210,7 +213,55 @@ class C3DGSRecipe(Gaussian3DRecipe):
         return model.quantized_copy(self.config.hash_zero_threshold)
 
 
-RECIPES: dict[type, type[Gaussian3DRecipe]] = {TrainConfig: Gaussian3DRecipe, C3DGSConfig: C3DGSRecipe}
+class SurfelRecipe(Gaussian3DRecipe):
+    """2D Gaussian surfels (the ``2dgs`` method, Huang et al. 2024): the 3DGS loop with the 2DGS
+    rasterizer and the normal-consistency and depth-distortion losses of
+    :class:`~scenezip.splatting.surfels.SurfelModel`, on the schedule of :class:`SurfelLossConfig`."""
+
+    method = "2dgs"
+    model_file = "surfels.pt"
+
+    def __init__(self, config: GaussianTrainConfig, schedule_steps: Callable[[int], int] | None = None) -> None:
+        from scenezip.splatting.surfels import SurfelModel
+
+        super().__init__(config, schedule_steps)
+        self.grad_key = SurfelModel.GRAD_KEY
+        self.loss_config = None
+
+    def prepare(self, ds: Dataset) -> None:
+        cfg = self.config.surfel
+        layout = ds.meta.get("layout", "object" if ds.format == "blender" else "forward")
+        try:
+            self.loss_config = cfg.resolved(layout if layout in ("object", "forward") else "forward")
+        except ValueError as e:
+            raise ScenezipError(str(e)) from None
+
+    def init_model(self, ds: Dataset, device: torch.device) -> Any:
+        from scenezip.splatting.surfels import SurfelModel
+
+        c = self.config
+        return SurfelModel.from_points(
+            ds.points, ds.point_colors, c.sh_degree, c.init_opacity, c.init_scale, device=device, seed=c.seed
+        )
+
+    def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:
+        from scenezip.splatting.surfels import SurfelModel
+
+        return SurfelModel.from_dict(data, device=device, source=source)
+
+    def render(self, model: Any, cam: Any, width: int, height: int, bg: Tensor, step: int, sh_degree: int,
+               render_kw: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], Tensor | None]:  # fmt: skip
+        total = self.config.steps
+        kw = {k: v for k, v in render_kw.items() if k != "rasterize_mode"}
+        colors, _, meta = model.render(cam.viewmats, cam.Ks, width, height, sh_degree=sh_degree, backgrounds=bg[None],
+                                       **kw, **model.loss_render_kwargs(step, total, self.loss_config))  # fmt: skip
+        extra, _ = model.extra_loss(meta, step, total, self.loss_config)
+        return colors[0, ..., :3], meta, extra
+
+
+RECIPES: dict[type, type[Gaussian3DRecipe]] = {
+    TrainConfig: Gaussian3DRecipe, C3DGSConfig: C3DGSRecipe, SurfelTrainConfig: SurfelRecipe,
+}  # fmt: skip
 
 
 def recipe_for(config: GaussianTrainConfig, schedule_steps: Callable[[int], int] | None = None) -> Gaussian3DRecipe:

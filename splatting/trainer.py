@@ -329,6 +329,7 @@ def train(
         bg_color = (0.0, 0.0, 0.0)
     out = Path(config.out)
     extent = scene_extent(ds.cameras[train_ids])
+    recipe.prepare(ds)
 
     # ---- state: fresh or from the newest checkpoint
     gen = torch.Generator(device=device)
