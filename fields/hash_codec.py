@@ -480,6 +480,17 @@ def encode_hash_table(
     return metadata, streams
 
 
+def smallest_bit_stream(bits: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(array, codec)`` of the smallest coding of a flat bit vector ``bits [n]`` bool: packed 8 to a byte
+    (``np.packbits``, little bit order, pad bits zero) with ``rans`` or ``zlib``, or one ``bool`` per bit
+    with ``rans``. A reader tells them apart by dtype (uint8 ``[ceil(n / 8)]`` or bool ``[n]``)."""
+    bits = np.asarray(bits)
+    if bits.dtype != np.bool_ or bits.ndim != 1:
+        raise ValueError(f"bits must be a 1-D bool array, got {bits.dtype} with shape {bits.shape}")
+    array, codec, _ = _keep_stream(bits)
+    return array, codec
+
+
 def _keep_stream(bits: np.ndarray) -> tuple[np.ndarray, str, int]:
     """The smallest coding of keep bits ``[n]`` bool: ``(array, codec, payload bytes)`` among packed bytes
     with ``rans`` or ``zlib`` and one bool per unit with ``rans``."""

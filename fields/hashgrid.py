@@ -466,22 +466,41 @@ class HashGrid(nn.Module):
         enc.params = self.params  # share the one parameter vector (tcnn casts it per call)
         return enc
 
-    def forward(self, x: Tensor) -> Tensor:  # [..., D] -> [..., n_levels * F]
-        """Encode points in ``[0, 1]^D``; float32 output."""
+    def forward(self, x: Tensor, params: Tensor | None = None) -> Tensor:  # [..., D] -> [..., n_levels * F]
+        """Encode points in ``[0, 1]^D``; float32 output.
+
+        ``params`` ``[n_params]`` (default: ``self.params``) is the flat table to read, e.g. a masked or
+        fake-quantized version of ``self.params``; gradients flow into it on both paths."""
+        if params is None:
+            params = self.params
+        elif not isinstance(params, Tensor) or params.shape != self.params.shape or not params.is_floating_point():
+            got = tuple(params.shape) if isinstance(params, Tensor) else type(params).__name__
+            raise ValueError(f"params must be a float tensor of shape [{self.params.numel()}], got {got}")
         use_cuda = self.backend == "cuda" and x.is_cuda
         if self.requested_backend == "cuda" and not x.is_cuda:
             raise ValueError(f"backend 'cuda' needs x on a CUDA device, got {x.device}")
         if not use_cuda:
-            return hash_encode(x, self.params, self.config, self.chunk_size).float()
+            return hash_encode(x, params, self.config, self.chunk_size).float()
         if x.shape[-1] != self.config.n_input_dims:
             raise ValueError(f"x must have shape [..., {self.config.n_input_dims}], got {tuple(x.shape)}")
-        if not self.params.is_cuda:
-            raise ValueError(f"params must be on the GPU with x, got {self.params.device}")
+        if not params.is_cuda:
+            raise ValueError(f"params must be on the GPU with x, got {params.device}")
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.config.n_input_dims).float().contiguous()
         if flat.shape[0] == 0:
             return x.new_zeros(*lead, self.n_output_dims, dtype=torch.float32)
-        out = self._tcnn()(flat)
+        enc = self._tcnn()
+        if params is self.params:
+            out = enc(flat)
+        else:
+            # tcnn's Module.forward reads ``self.params`` (cast to its precision) and passes it to its
+            # autograd function, so a given tensor is handed in by swapping the entry for this call;
+            # the gradient then flows through the cast into ``params`` (and on to whatever made it).
+            enc._parameters["params"] = params
+            try:
+                out = enc(flat)
+            finally:
+                enc._parameters["params"] = self.params
         return out.float().reshape(*lead, self.n_output_dims)
 
     def __getstate__(self):

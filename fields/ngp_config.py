@@ -102,3 +102,34 @@ class NGPConfig:
     """Hash-grid encoding: tiny-cuda-nn, the pure-PyTorch reference, or auto (CUDA when available)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device of the model; auto takes cuda when a GPU is visible, else cpu."""
+
+
+@dataclass
+class CNGPConfig(NGPConfig):
+    """Train a compressed hash-grid NeRF (``cngp``): the ngp recipe plus learned masks over the hash-table
+    entries, quantization-aware training of the kept values and a rate penalty, written as per-level
+    entropy-coded integers, float16 MLPs and the occupancy grid bit-packed and entropy/zlib coded."""
+
+    out: Path = Path("runs/cngp")
+    """Output folder: checkpoints ckpt_XXXXX.pt, config.json and metrics.json."""
+    lambda_rate: float = 1e-4
+    """Weight of the rate term (estimated bits per hash-table parameter) in the loss; larger gives smaller
+    files and lower quality (3e-5 to 1e-3 is the useful range)."""
+    rate_ramp: float = 0.1
+    """Ramp the rate weight linearly from 0 over this fraction of the run (0: full weight from step 1)."""
+    rate_every: int = 1
+    """Add the rate term every this many steps, scaled by this factor (saves time on large tables)."""
+    hash_bits: int = 8
+    """Bits per quantized hash-table value (integers in [-(2^(bits-1) - 1), 2^(bits-1) - 1]), 2..16."""
+    mask_lr: float = 0.05
+    """Adam learning rate of the mask logits."""
+    step_lr: float = 1e-4
+    """Adam learning rate of the per-level quantization steps."""
+    qat_start: float = 0.4
+    """Fraction of the run after which the hash table is quantized in the forward pass (the steps are
+    initialised from the table then); masks apply from the start."""
+    mask_granularity: Literal["entry", "feature"] = "entry"
+    """One mask per hash-table entry (all its features together) or one per feature."""
+    mlp_dtype: Literal["float16", "float32"] = "float16"
+    """Storage of the MLP weights in the file (the trained weights are rounded to it before the final
+    evaluation, so the metrics describe the file)."""

@@ -8,8 +8,18 @@ the MLPs only) under a linear warm-up and step decay. RGBA captures are trained 
 colour per ray (the image re-composited on it), so empty space has to stay transparent. The occupancy
 grid is updated every ``occ_update_every`` steps.
 
+The same loop trains ``cngp`` when given a :class:`~scenezip.fields.ngp_config.CNGPConfig`: a
+:class:`~scenezip.fields.hash_codec.HashTableCompressor` (learned per-entry masks with straight-through
+gradients, per-level learned-step quantization from ``qat_start``) sits between the hash table and the
+encoding, its mask logits and steps join the Adam, and the loss gains ``lambda_rate`` (ramped in over
+``rate_ramp`` of the run) times the compressor's rate proxy (estimated bits per table parameter). The
+transformed table is computed once per step and shared by the occupancy update, the pruning pass and
+the differentiable pass. At the end the MLP weights are rounded to the file's ``mlp_dtype`` and the model
+reads the final quantized table, so the final metrics are those of the file
+(:meth:`NGPTrainResult.to_streams` codes it; decoding gives the same table bit for bit).
+
 Interruption and resumption mirror the 3DGS trainer: ``ckpt_XXXXX.pt`` holds the model (with the
-occupancy grid), the optimizer state, the step and the config. Pixel batches, marching jitter, random
+occupancy grid), the compressor's state (cngp), the optimizer state, the step and the config. Pixel batches, marching jitter, random
 backgrounds and occupancy updates are drawn from generators seeded by ``(seed, step)``, so nothing else
 needs saving and a resumed run reproduces an uninterrupted one bit for bit on the same device. Ctrl-C
 finishes the current step, writes a checkpoint and re-raises ``KeyboardInterrupt``.
@@ -33,9 +43,10 @@ from torch import Tensor
 
 from scenezip._backend import resolve_backend
 from scenezip.errors import BackendError, ScenezipError
+from scenezip.fields.hash_codec import HashTableCompressor
 from scenezip.fields.hashgrid import HashGridConfig
 from scenezip.fields.ngp import NGPArch, NGPModel
-from scenezip.fields.ngp_config import NGPConfig
+from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
 from scenezip.render.metrics import psnr, ssim
 from scenezip.render.volume import pixel_rays
 from scenezip.scenes.dataset import Dataset
@@ -45,6 +56,7 @@ CHECKPOINT_FORMAT = "scenezip.trainngp"
 CHECKPOINT_VERSION = 1
 METRICS_FILE = "metrics.json"
 METHOD = "ngp"
+METHOD_CNGP = "cngp"
 # Config fields that do not change the result of training (may differ between a run and its resumption).
 _RUNTIME_FIELDS = {
     "data", "out", "resume", "progress", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_images",
@@ -66,6 +78,11 @@ class NGPTrainResult:
         n_primitives: hash-table entries (``len(model)``).
         checkpoint_path: the last checkpoint written.
         metrics_path: ``metrics.json``.
+        method: ``"ngp"`` or ``"cngp"`` (the method name the file is written under).
+        compressor: cngp only: the trained :class:`HashTableCompressor` (``model`` then reads the final
+            quantized table through a fixed hash transform, and its MLP weights are rounded to
+            ``mlp_dtype``).
+        mlp_dtype: how :meth:`to_streams` stores the MLPs (``float32`` for ngp, the config's for cngp).
     """
 
     out_dir: Path
@@ -76,6 +93,21 @@ class NGPTrainResult:
     n_primitives: int
     checkpoint_path: Path
     metrics_path: Path
+    method: str = METHOD
+    compressor: HashTableCompressor | None = None
+    mlp_dtype: str = "float32"
+
+    def to_streams(self) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
+        """``(metadata, streams)`` of the file for this run, for either method: write them with
+        ``write_scz(path, self.method, {**scene_metadata(ds), **metadata}, streams)``. ngp:
+        :func:`~scenezip.fields.ngp_streams.ngp_to_streams` (lossless float32); cngp:
+        :func:`~scenezip.fields.ngp_streams.cngp_to_streams`, which decodes to exactly the model the
+        final metrics were measured on."""
+        from scenezip.fields.ngp_streams import cngp_to_streams, ngp_to_streams
+
+        if self.compressor is None:
+            return ngp_to_streams(self.model)
+        return cngp_to_streams(self.model, self.compressor, self.mlp_dtype)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -107,17 +139,60 @@ def make_arch(config: NGPConfig, bounds: np.ndarray) -> NGPArch:
     )  # fmt: skip
 
 
-def make_optimizer(model: NGPModel, config: NGPConfig) -> torch.optim.Adam:
-    """Instant-NGP's Adam: betas (0.9, 0.99), eps 1e-15, weight decay on the MLPs only."""
+def base_lrs(config: NGPConfig) -> dict[str, float]:
+    """Peak learning rate of each optimizer group, by group name (the schedule scales them all)."""
+    lrs = {"grid": config.lr, "mlp": config.lr}
+    if isinstance(config, CNGPConfig):
+        lrs.update(hash_mask=config.mask_lr, hash_step=config.step_lr)
+    return lrs
+
+
+def make_compressor(model: NGPModel, config: CNGPConfig) -> HashTableCompressor:
+    """The cngp hash-table compressor for ``model`` (on its device): masks from step 1, QAT from
+    ``qat_start * steps``."""
+    return HashTableCompressor(
+        model.field.grid, bits=config.hash_bits, mask_granularity=config.mask_granularity,
+        qat_start=int(round(config.qat_start * config.steps)),
+    ).to(model.device)  # fmt: skip
+
+
+def make_optimizer(
+    model: NGPModel, config: NGPConfig, compressor: HashTableCompressor | None = None
+) -> torch.optim.Adam:
+    """Instant-NGP's Adam: betas (0.9, 0.99), eps 1e-15, weight decay on the MLPs only; with a
+    ``compressor``, its mask logits and steps as groups ``hash_mask`` and ``hash_step``."""
     groups = model.param_groups()
-    return torch.optim.Adam(
-        [
-            {"params": groups["grid"], "lr": config.lr, "weight_decay": 0.0, "name": "grid"},
-            {"params": groups["mlp"], "lr": config.lr, "weight_decay": config.weight_decay, "name": "mlp"},
-        ],
-        betas=(0.9, 0.99),
-        eps=1e-15,
-    )
+    param_groups = [
+        {"params": groups["grid"], "lr": config.lr, "weight_decay": 0.0, "name": "grid"},
+        {"params": groups["mlp"], "lr": config.lr, "weight_decay": config.weight_decay, "name": "mlp"},
+    ]
+    if compressor is not None:
+        lrs = base_lrs(config)
+        for g in compressor.param_groups(lr_mask=lrs["hash_mask"], lr_step=lrs["hash_step"]):
+            param_groups.append({**g, "weight_decay": 0.0})
+    return torch.optim.Adam(param_groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+class _FixedTable:
+    """A hash transform that returns one precomputed table ``[n_params]`` whatever it is given: this
+    step's compressed table (computed once, read by every field evaluation of the step) or the final
+    quantized one."""
+
+    def __init__(self, table: Tensor) -> None:
+        self.table = table
+
+    def __call__(self, flat: Tensor) -> Tensor:
+        return self.table
+
+
+def rate_weight(config: CNGPConfig, step: int) -> float:
+    """``lambda_rate`` at ``step`` (1-based), ramped linearly from 0 over ``rate_ramp`` of the run."""
+    ramp_steps = config.rate_ramp * config.steps
+    return config.lambda_rate * (1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps))
+
+
+def _mlp_params(model: NGPModel) -> int:
+    return model.field.density_mlp.n_params() + model.field.color_mlp.n_params()
 
 
 def _config_dict(config: NGPConfig) -> dict[str, Any]:
@@ -150,6 +225,20 @@ def _check_config(config: NGPConfig) -> None:
         bad(f"background must be 3 values in [0, 1], got {config.background!r}")
     if config.occ_resolution > 1024:
         bad(f"occ_resolution must be <= 1024, got {config.occ_resolution}")
+    if isinstance(config, CNGPConfig):
+        if not config.lambda_rate >= 0:
+            bad(f"lambda_rate must be >= 0, got {config.lambda_rate}")
+        if not 0.0 <= config.rate_ramp <= 1.0 or not 0.0 <= config.qat_start <= 1.0:
+            bad(f"rate_ramp and qat_start must be fractions in [0, 1], got {config.rate_ramp}, {config.qat_start}")
+        if config.rate_every < 1:
+            bad(f"rate_every must be >= 1, got {config.rate_every}")
+        if isinstance(config.hash_bits, bool) or not 2 <= config.hash_bits <= 16:
+            bad(f"hash_bits must be in [2, 16], got {config.hash_bits}")
+        if not config.mask_lr > 0 or not config.step_lr > 0:
+            bad(f"mask_lr and step_lr must be > 0, got {config.mask_lr}, {config.step_lr}")
+        if config.mask_granularity not in ("entry", "feature") or config.mlp_dtype not in ("float16", "float32"):
+            bad(f"mask_granularity must be entry|feature and mlp_dtype float16|float32, got "
+                f"{config.mask_granularity!r}, {config.mlp_dtype!r}")  # fmt: skip
 
 
 def _resolve_device(config: NGPConfig) -> tuple[str, torch.device]:
@@ -257,6 +346,26 @@ def evaluate_ngp(
     return out
 
 
+def keep_fraction(compressor: HashTableCompressor) -> float:
+    """Fraction of the compressor's mask units that are kept."""
+    from scenezip.quant.mask import keep_mask
+
+    return float(keep_mask(compressor.mask_logits.detach(), compressor.mask_threshold).float().mean())
+
+
+@torch.no_grad()
+def finalize_cngp(model: NGPModel, compressor: HashTableCompressor, config: CNGPConfig) -> None:
+    """Make ``model`` render exactly what :func:`~scenezip.fields.ngp_streams.cngp_to_streams` stores:
+    mask and quantization on, the hash transform fixed to ``compressor.quantized_table`` of the raw
+    table (moved to the model's device), and the MLP weights rounded to ``config.mlp_dtype``."""
+    compressor.set_step(max(config.steps, compressor.qat_start, compressor.mask_start))
+    table = compressor.quantized_table(model.field.grid.params.detach()).to(model.device)
+    model.set_hash_transform(_FixedTable(table))
+    dt = getattr(torch, config.mlp_dtype)
+    for p in list(model.field.density_mlp.parameters()) + list(model.field.color_mlp.parameters()):
+        p.copy_(p.to(dt).to(torch.float32))
+
+
 def _photometric(pred: Tensor, gt: Tensor, kind: str) -> Tensor:
     if kind == "huber":
         return F.huber_loss(pred, gt, delta=0.1)
@@ -269,13 +378,17 @@ def train_ngp(
     dataset: Dataset | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> NGPTrainResult:
-    """Train an ``ngp`` model on ``config.data`` (or ``dataset`` when given) and write to ``config.out``.
+    """Train an ``ngp`` model (or ``cngp``, when ``config`` is a :class:`CNGPConfig`) on ``config.data``
+    (or ``dataset`` when given) and write to ``config.out``.
 
     Args:
-        config: every option (see :class:`NGPConfig`).
+        config: every option (see :class:`NGPConfig` and :class:`CNGPConfig`).
         dataset: an already loaded dataset; ``config.data``, ``downscale`` and ``test_every`` are then unused.
-        on_step: called after every step with ``(step, info)``; ``info`` has ``loss``, ``psnr`` (of the
-            batch), ``n_samples`` and ``occupancy`` (fraction of occupied cells), Python numbers.
+        on_step: called after every step with ``(step, info)``; ``info`` has ``loss`` (photometric),
+            ``psnr`` (of the batch), ``n_samples`` and ``occupancy`` (fraction of occupied cells), and
+            for cngp ``rate`` (the rate proxy in bits per table parameter, the last one computed),
+            ``kept`` (fraction of kept mask units) and ``est_bytes`` (hash table by the proxy, MLPs and
+            raw occupancy bits), Python numbers.
 
     Returns:
         :class:`NGPTrainResult`. Writes ``ckpt_XXXXX.pt`` every ``checkpoint_every`` steps and at the
@@ -308,6 +421,9 @@ def train_ngp(
     else:
         bg_color = (0.0, 0.0, 0.0)
     out = Path(config.out)
+    cngp = isinstance(config, CNGPConfig)
+    method = METHOD_CNGP if cngp else METHOD
+    comp: HashTableCompressor | None = None
 
     # ---- state: fresh or from the newest checkpoint
     start, train_s = 0, 0.0
@@ -322,19 +438,29 @@ def train_ngp(
             raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ScenezipError(f"{ckpt_path}: not a scenezip ngp training checkpoint")
+        if ckpt.get("method", METHOD) != method:
+            raise ScenezipError(f"{ckpt_path}: a {ckpt.get('method', METHOD)} checkpoint cannot resume a {method} run")
         changed = sorted(
             k for k, v in _config_dict(config).items() if k not in _RUNTIME_FIELDS and ckpt["config"].get(k) != v
         )
         if changed:
             raise ScenezipError(f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones")
         model = NGPModel.from_dict(ckpt["model"], device=device, backend=backend, source=str(ckpt_path))
-        optimizer = make_optimizer(model, config)
+        if cngp:
+            comp = make_compressor(model, config)  # type: ignore[arg-type]
+            try:
+                comp.load_state_dict(ckpt["compressor"])
+            except (RuntimeError, KeyError, TypeError) as e:
+                raise ScenezipError(f"{ckpt_path}: compressor state does not match ({e})") from None
+        optimizer = make_optimizer(model, config, comp)
         optimizer.load_state_dict(ckpt["optimizer"])
         start, train_s = int(ckpt["step"]), float(ckpt["train_s"])
     else:
         torch.manual_seed(config.seed)
         model = NGPModel(make_arch(config, ds.bounds), backend=backend, seed=config.seed).to(device)
-        optimizer = make_optimizer(model, config)
+        if cngp:
+            comp = make_compressor(model, config)  # type: ignore[arg-type]
+        optimizer = make_optimizer(model, config, comp)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
 
@@ -346,7 +472,9 @@ def train_ngp(
                 "version": CHECKPOINT_VERSION,
                 "step": step,
                 "train_s": train_s,
+                "method": method,
                 "model": model.to_dict(),
+                **({"compressor": {k: v.detach().cpu().clone() for k, v in comp.state_dict().items()}} if comp else {}),
                 "optimizer": optimizer.state_dict(),
                 "config": _config_dict(config),
             },
@@ -364,10 +492,18 @@ def train_ngp(
     eval_kw = dict(background=bg_color, backend=backend, max_images=config.eval_images,
                    early_stop_eps=config.early_stop_eps)  # fmt: skip
     last_ckpt: Path | None = None
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, dynamic_ncols=True, desc="ngp")
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, dynamic_ncols=True, desc=method)
+    lrs = base_lrs(config)
+    fixed_bytes = _mlp_params(model) * (2 if cngp and config.mlp_dtype == "float16" else 4)  # type: ignore[attr-defined]
+    fixed_bytes += -(-model.occupancy.n_cells // 8)
+    rate_bits = float("nan")
 
     def density_fn(x: Tensor) -> Tensor:
         return model.field.density(x)
+
+    def compressed_table(grad: bool) -> Tensor:
+        with torch.set_grad_enabled(grad):
+            return comp(model.field.grid.params)  # type: ignore[misc]
 
     step = start
     with _Interrupt() as interrupt:
@@ -376,7 +512,10 @@ def train_ngp(
                 t0 = time.perf_counter()
                 model.train()
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * lr_factor(config, step)
+                    group["lr"] = lrs[group["name"]] * lr_factor(config, step)
+                if comp is not None:
+                    comp.set_step(step)
+                    model.set_hash_transform(_FixedTable(compressed_table(True)))
                 if step % config.occ_update_every == 0 or step == 1:
                     gen = torch.Generator().manual_seed(int(_step_rng(config.seed, step, 2).integers(2**62)))
                     model.occupancy.update(
@@ -395,7 +534,17 @@ def train_ngp(
                 out_rays = model.render_rays(
                     origins, dirs, bg, jitter=jitter, early_stop_eps=config.early_stop_eps, prune=config.train_prune
                 )
-                loss = _photometric(out_rays["rgb"], gt, config.loss)
+                loss = photo = _photometric(out_rays["rgb"], gt, config.loss)
+                if comp is not None:
+                    lam = rate_weight(config, step)  # type: ignore[arg-type]
+                    every = config.rate_every  # type: ignore[attr-defined]
+                    if lam > 0 and step % every == 0:
+                        rate = comp.rate_loss(model.field.grid.params)
+                        loss = loss + (lam * every) * rate
+                        rate_bits = float(rate.detach())
+                    elif step % 10 == 0 or step == config.steps or rate_bits != rate_bits:
+                        with torch.no_grad():
+                            rate_bits = float(comp.rate_loss(model.field.grid.params))
                 optimizer.zero_grad(set_to_none=True)
                 if loss.requires_grad:
                     loss.backward()
@@ -407,15 +556,25 @@ def train_ngp(
                 mse = float(F.mse_loss(out_rays["rgb"].detach(), gt))
                 batch_psnr = -10.0 * math.log10(max(mse, 1e-10))
                 n_samples = int(out_rays["n_samples"])
+                info = {"loss": float(photo.detach()), "psnr": batch_psnr, "n_samples": n_samples,
+                        "occupancy": model.occupancy.occupancy_fraction()}  # fmt: skip
+                if comp is not None:
+                    info["rate"] = rate_bits
+                    info["kept"] = keep_fraction(comp)
+                    info["est_bytes"] = rate_bits * comp.n_params / 8.0 + fixed_bytes
                 bar.update(1)
                 if step % 10 == 0 or step == config.steps:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{batch_psnr:.2f}", samples=str(n_samples))
+                    post = {"loss": f"{info['loss']:.4f}", "psnr": f"{batch_psnr:.2f}", "samples": str(n_samples)}
+                    if comp is not None:
+                        post.update(size=f"~{info['est_bytes'] / 1e6:.3f}MB", kept=f"{info['kept']:.2f}")
+                    bar.set_postfix(post)
                 if on_step is not None:
-                    on_step(step, {"loss": float(loss.detach()), "psnr": batch_psnr, "n_samples": n_samples,
-                                   "occupancy": model.occupancy.occupancy_fraction()})  # fmt: skip
+                    on_step(step, info)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     last_ckpt = save_checkpoint(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                    if comp is not None:
+                        model.set_hash_transform(_FixedTable(compressed_table(False)))
                     m = evaluate_ngp(model, ds, "test", **eval_kw)
                     bar.write(f"step {step}: {m['split']} PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f}")
                 if interrupt.requested:
@@ -428,14 +587,22 @@ def train_ngp(
     if last_ckpt is None or not last_ckpt.name.endswith(f"{config.steps:05d}.pt"):
         last_ckpt = save_checkpoint(config.steps)
     model.eval()
+    extra: dict[str, Any] = {}
+    if comp is not None:
+        finalize_cngp(model, comp, config)  # type: ignore[arg-type]
+        with torch.no_grad():
+            rate_bits = float(comp.rate_loss(model.field.grid.params))
+        extra = {"hash_kept_fraction": float(keep_fraction(comp)), "rate_bits_per_param": rate_bits,
+                 "lambda_rate": config.lambda_rate, "hash_steps": comp.steps()}  # type: ignore[attr-defined]  # fmt: skip
     metrics = evaluate_ngp(model, ds, "test", **eval_kw)
     metrics.update(n_primitives=len(model), train_s=train_s, steps=config.steps, device=str(device),
-                   backend=backend, method=METHOD, occupancy=model.occupancy.occupancy_fraction())  # fmt: skip
+                   backend=backend, method=method, occupancy=model.occupancy.occupancy_fraction(), **extra)  # fmt: skip
     metrics_path = out / METRICS_FILE
     tmp = metrics_path.with_name(METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     os.replace(tmp, metrics_path)
     return NGPTrainResult(
         out_dir=out, model=model, metrics=metrics, train_s=train_s, steps=config.steps, n_primitives=len(model),
-        checkpoint_path=last_ckpt, metrics_path=metrics_path,
+        checkpoint_path=last_ckpt, metrics_path=metrics_path, method=method, compressor=comp,
+        mlp_dtype=config.mlp_dtype if cngp else "float32",  # type: ignore[attr-defined]
     )  # fmt: skip
