@@ -312,6 +312,25 @@ CODECS: dict[str, Codec] = {
 }
 
 
+def entropy_bytes(array: Any, codec: str) -> float | None:
+    """Order-0 empirical entropy, in bytes, of the symbols ``codec`` models for ``array``: the values for
+    ``rans``, the row deltas for ``rans-delta`` (one table for all columns, as the codec); None for codecs
+    without a symbol model (``raw``, ``zlib``). The coded size can only approach this plus its table."""
+    a = np.asarray(array)
+    if codec not in ("rans", "rans-delta") or a.dtype.kind not in "iu":
+        return None
+    x = _rows(a.astype(np.int64)) if codec == "rans-delta" else a.reshape(-1).astype(np.int64)
+    if codec == "rans-delta":
+        d = x.copy()
+        d[1:] -= x[:-1]
+        x = d.reshape(-1)
+    if x.size == 0:
+        return 0.0
+    _, counts = np.unique(x, return_counts=True)
+    p = counts / x.size
+    return float(-(counts * np.log2(p)).sum() / 8.0)
+
+
 def get_codec(name: Any) -> Codec:
     """The codec with ID ``name``; SceneFileError naming the known IDs otherwise."""
     if not isinstance(name, str) or name not in CODECS:

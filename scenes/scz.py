@@ -419,22 +419,28 @@ def _fmt_bytes(n: int) -> str:
 
 
 def scz_info(path: str | os.PathLike | SceneFile) -> str:
-    """A table of every stream: name, codec, dtype, shape, bytes and share of the file (``scenezip info``)."""
+    """A table of every stream: name, codec, dtype, shape, bytes, share of the file and, for entropy-coded
+    streams, the order-0 empirical entropy of the coded symbols and the ratio coded bytes / entropy
+    (``scenezip info``; the excess is the stored frequency table and the coder's overhead)."""
     scene = path if isinstance(path, SceneFile) else read_scz(path)
     size = scene.file_nbytes
 
     def share(n: int) -> str:
         return f"{100.0 * n / size:.1f}%" if size else "-"
 
-    rows = [("stream", "codec", "dtype", "shape", "bytes", "share")]
+    from scenezip.quant.codecs import entropy_bytes
+
+    rows = [("stream", "codec", "dtype", "shape", "bytes", "share", "entropy", "coded/H")]
     for rec in scene.streams.values():
+        h = entropy_bytes(scene.decode(rec.name), rec.codec) if rec.codec in ("rans", "rans-delta") else None
+        ent = ("", "") if h is None else (_fmt_bytes(int(round(h))), f"{rec.nbytes / h:.3f}" if h > 0 else "-")
         rows.append((rec.name, rec.codec, rec.dtype, "x".join(map(str, rec.shape)) or "scalar",
-                     _fmt_bytes(rec.nbytes), share(rec.nbytes)))  # fmt: skip
+                     _fmt_bytes(rec.nbytes), share(rec.nbytes), *ent))  # fmt: skip
     head = PREAMBLE.size + scene.header_nbytes
-    rows.append(("(header)", "json", "", "", _fmt_bytes(head), share(head)))
-    rows.append(("total", "", "", "", _fmt_bytes(size), "100.0%" if size else "-"))
-    widths = [max(len(r[c]) for r in rows) for c in range(6)]
-    right = {4, 5}
+    rows.append(("(header)", "json", "", "", _fmt_bytes(head), share(head), "", ""))
+    rows.append(("total", "", "", "", _fmt_bytes(size), "100.0%" if size else "-", "", ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(8)]
+    right = {4, 5, 6, 7}
 
     def line(r: tuple) -> str:
         return "  ".join(v.rjust(w) if c in right else v.ljust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip()

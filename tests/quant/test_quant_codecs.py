@@ -239,3 +239,17 @@ class TestMorton:
 def test_dtype_lists_consistent():
     assert set(INT_DTYPES) <= set(DTYPES)
     assert "uint64" not in INT_DTYPES  # rans arithmetic stays inside int64
+
+
+def test_entropy_bytes_is_the_bound_the_coder_approaches():
+    from scenezip.quant.codecs import entropy_bytes, get_codec
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=40_000).astype(np.uint8)  # 2 bits a symbol
+    h = entropy_bytes(x, "rans")
+    assert h == pytest.approx(10_000, rel=1e-3)
+    coded = len(get_codec("rans").encode(x)[0])
+    assert h <= coded <= 1.01 * h + 64
+    ramp = np.arange(1000, dtype=np.uint16)  # its deltas are all 1 but the first: almost no information
+    assert entropy_bytes(ramp, "rans-delta") < 2.0 < entropy_bytes(ramp, "rans")
+    assert entropy_bytes(x, "raw") is None and entropy_bytes(x.astype(np.float32), "rans") is None
