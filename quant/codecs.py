@@ -317,7 +317,7 @@ def entropy_bytes(array: Any, codec: str) -> float | None:
     ``rans``, the row deltas for ``rans-delta`` (one table for all columns, as the codec); None for codecs
     without a symbol model (``raw``, ``zlib``). The coded size can only approach this plus its table."""
     a = np.asarray(array)
-    if codec not in ("rans", "rans-delta") or a.dtype.kind not in "iu":
+    if codec not in ("rans", "rans-delta") or a.dtype.kind not in "iub":
         return None
     x = _rows(a.astype(np.int64)) if codec == "rans-delta" else a.reshape(-1).astype(np.int64)
     if codec == "rans-delta":
