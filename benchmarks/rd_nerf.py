@@ -3,19 +3,24 @@
 Each method spec trains on the same capture with the same reduced schedule, writes its ``.scz`` file,
 decodes it again and evaluates the *decoded* model on evenly spaced test views, so size and quality
 describe the file a user gets. Method specs are ``name`` or ``name@rate`` (a rate penalty, for
-compressed methods); runners live in ``RUNNERS`` (``ngp`` here; ``cngp`` registers beside it, one row
-per ``cngp@lambda``).
+compressed methods); runners live in ``RUNNERS``: ``ngp`` (lossless float32 file) and ``cngp`` (one
+row per ``cngp@lambda``: the same schedule with the hash-table compressor in the loop, see
+:class:`~scenezip.fields.ngp_config.CNGPConfig`; the row also says how the bytes split between the hash
+table, the MLPs and the occupancy grid, and checks that the decoded model renders the pixels the trained
+model rendered).
 
-Writes ``benchmarks/results/rd_nerf.json`` (``{"protocol", "rows"}``, see DESIGN.md) and ``rd_nerf.md``.
+Writes ``benchmarks/results/rd_nerf.json`` (``{"protocol", "rows"}``, see DESIGN.md), ``rd_nerf.md`` and
+``rd_nerf.png`` (PSNR against file size, log scale, drawn with Pillow).
 
-    OMP_NUM_THREADS=1 python3 benchmarks/rd_nerf.py              # reduced CPU run (see --help)
-    python3 benchmarks/rd_nerf.py --methods ngp cngp@1e-4 cngp@1e-3 --threads 2
+    OMP_NUM_THREADS=1 python3 benchmarks/rd_nerf.py --steps 500 --methods ngp cngp@3e-5 cngp@1e-4 cngp@3e-4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -26,8 +31,10 @@ from typing import Any, Callable
 
 import torch
 
-from scenezip.fields.ngp_config import NGPConfig
-from scenezip.fields.ngp_streams import METHOD as NGP, ngp_from_streams, ngp_to_streams
+from PIL import Image, ImageDraw
+
+from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
+from scenezip.fields.ngp_streams import METHOD as NGP, METHOD_CNGP, cngp_from_streams, ngp_from_streams, ngp_to_streams
 from scenezip.fields.ngp_trainer import evaluate_ngp, train_ngp
 from scenezip.scene import scene_metadata
 from scenezip.scenes.loader import load_dataset
@@ -62,8 +69,74 @@ def run_ngp(ds, args: argparse.Namespace, rate: float | None, work: Path) -> dic
             "streams": {name: rec.nbytes for name, rec in scene.streams.items()}}  # fmt: skip
 
 
+def run_cngp(ds, args: argparse.Namespace, rate: float | None, work: Path) -> dict[str, Any]:
+    """Train cngp at rate penalty ``rate`` on the shared schedule, write its .scz, decode it, check the
+    decoded model renders the first test view exactly as the trained (quantized) model, and return it."""
+    base = reduced_config(args, work / f"cngp-{rate}")
+    config = CNGPConfig(**dataclasses.asdict(base), lambda_rate=0.0 if rate is None else rate,
+                        qat_start=args.qat_start, mask_lr=args.mask_lr)  # fmt: skip
+    result = train_ngp(config, dataset=ds)
+    meta, streams = result.to_streams()
+    path = work / f"cngp-{rate}.scz"
+    size = write_scz(path, METHOD_CNGP, {**scene_metadata(ds), **meta}, streams)
+    scene = read_scz(path)
+    model = cngp_from_streams(decode_streams(scene), scene.metadata, str(path)).to(result.model.device)
+    cam = ds.cameras[int(ds.indices("test")[0])]
+    w, h = int(cam.widths[0]), int(cam.heights[0])
+    backend = "torch" if args.device == "cpu" else "auto"
+    with torch.no_grad():
+        same = torch.equal(result.model.render(cam.viewmats, cam.Ks, w, h, backend=backend)[0],
+                           model.render(cam.viewmats, cam.Ks, w, h, backend=backend)[0])  # fmt: skip
+    nbytes = {name: rec.nbytes for name, rec in scene.streams.items()}
+    split = {"hash": sum(v for k, v in nbytes.items() if k.startswith("hash_")),
+             "mlp": nbytes["density_mlp"] + nbytes["color_mlp"], "occupancy": nbytes["occupancy"]}  # fmt: skip
+    return {"model": model, "size_bytes": size, "n_primitives": len(model), "train_s": result.train_s,
+            "streams": nbytes, "bytes_by_part": split, "decoded_renders_same": same,
+            "kept_fraction": result.metrics["hash_kept_fraction"], "train_psnr_quantized": result.metrics["psnr"],
+            "rate_proxy_bits_per_param": result.metrics["rate_bits_per_param"]}  # fmt: skip
+
+
 # name -> runner(dataset, args, rate or None, work folder) -> {"model", "size_bytes", "n_primitives", "train_s", ...}
-RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"ngp": run_ngp}
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"ngp": run_ngp, "cngp": run_cngp}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """PSNR against file size (MB, log scale): one polyline per method over its rate penalties, drawn
+    with Pillow (benchmarks/rd_image.py's helper plots bits per pixel on a linear axis, so not reused)."""
+    w, h, m = 900, 600, 70
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    xs = [math.log10(r["size_bytes"] / 1e6) for r in rows]
+    ys = [r["psnr"] for r in rows]
+    x0, x1 = math.floor(min(xs) * 2) / 2, math.ceil(max(xs) * 2) / 2
+    x1 = x1 if x1 > x0 else x0 + 0.5
+    y0, y1 = math.floor(min(ys)) - 1, math.ceil(max(ys)) + 1
+    px = lambda x: m + (x - x0) / (x1 - x0) * (w - 2 * m)  # noqa: E731
+    py = lambda y: h - m - (y - y0) / (y1 - y0) * (h - 2 * m)  # noqa: E731
+    d.rectangle([m, m, w - m, h - m], outline="black")
+    for i in range(6):
+        xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+        d.text((px(xv) - 14, h - m + 8), f"{10 ** xv:.2g}", fill="black")
+        d.line([px(xv), h - m, px(xv), h - m + 4], fill="black")
+        d.text((8, py(yv) - 6), f"{yv:.1f}", fill="black")
+    d.text((w // 2 - 60, h - 30), "file size (MB, log scale)", fill="black")
+    d.text((8, 20), f"PSNR (dB) - {title}", fill="black")
+    colors = {"ngp": (30, 90, 200), "cngp": (200, 30, 30)}
+    ly = m + 10
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted((math.log10(r["size_bytes"] / 1e6), r["psnr"], r["rate"]) for r in rows if r["method"] == method)
+        xy = [(px(a), py(b)) for a, b, _ in pts]
+        col = colors.get(method, (0, 0, 0))
+        if len(xy) > 1:
+            d.line(xy, fill=col, width=2)
+        for (x, y), (_, _, rate) in zip(xy, pts):
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=col, width=2)
+            if rate is not None:
+                d.text((x + 6, y + 4), f"{rate:g}", fill=col)
+        d.line([w - m - 120, ly + 6, w - m - 90, ly + 6], fill=col, width=2)
+        d.text((w - m - 85, ly), method, fill="black")
+        ly += 16
+    img.save(path)
 
 
 def parse_spec(spec: str) -> tuple[str, float | None]:
@@ -89,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--march-steps", type=int, default=256, help="marching steps across the box diagonal")
     p.add_argument("--occ-resolution", type=int, default=64, help="occupancy cells per axis")
     p.add_argument("--eval-images", type=int, default=25, help="evenly spaced test views evaluated (0: all)")
+    p.add_argument("--qat-start", type=float, default=0.4, help="cngp: fraction of the run before quantization starts")
+    p.add_argument("--mask-lr", type=float, default=0.05, help="cngp: Adam learning rate of the mask logits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -112,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "lpips": m["lpips"], "lpips_note": m["lpips_note"], "n_primitives": run["n_primitives"],
                 "train_s": round(run["train_s"], 1), "wall_s": round(time.perf_counter() - t0, 1),
                 "device": args.device, "n_eval_images": m["n_images"], "streams": run.get("streams", {}),
+                **{k: v for k, v in run.items() if k not in ("model", "size_bytes", "n_primitives", "train_s", "streams")},
             }  # fmt: skip
             rows.append(row)
             print(f"{name}{'' if rate is None else '@' + str(rate)}: {row['size_bytes']:,} bytes, PSNR {row['psnr']:.2f} "
@@ -126,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
         "background": list(ds.background) if ds.background else None,
         "schedule": {k: getattr(args, k) for k in ("steps", "rays", "levels", "log2_table", "max_resolution",
                                                     "march_steps", "occ_resolution", "seed")},  # fmt: skip
+        "cngp": {"qat_start": args.qat_start, "mask_lr": args.mask_lr, "hash_bits": 8, "mask_granularity": "entry",
+                 "mlp_dtype": "float16", "rate": "lambda_rate of CNGPConfig (bits per table parameter in the loss)",
+                 "rate_ramp": 0.1},  # fmt: skip
         "lpips": "VGG (LPIPS v0.1) where its weights are present, else null with the reason",
         "threads": args.threads,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -139,14 +218,19 @@ def main(argv: list[str] | None = None) -> dict:
         "# rd_nerf: hash-grid NeRF size vs quality", "",
         f"`{protocol['command']}` on {protocol['date']} ({args.device}, {args.threads} thread(s)); "
         f"{Path(args.data).name} at {w}x{h}, {args.steps} steps; {protocol['split']}.", "",
-        "| method | rate | size (bytes) | PSNR | SSIM | LPIPS | hash entries | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | rate | size (bytes) | PSNR | SSIM | LPIPS | hash entries | kept | hash / MLP / occupancy bytes | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]  # fmt: skip
     for r in rows:
         lp = "n/a" if r["lpips"] is None else f"{r['lpips']:.4f}"
+        kept = f"{r['kept_fraction']:.3f}" if "kept_fraction" in r else "-"
+        parts = r.get("bytes_by_part")
+        parts = f"{parts['hash']:,} / {parts['mlp']:,} / {parts['occupancy']:,}" if parts else "-"
         lines.append(f"| {r['method']} | {'' if r['rate'] is None else r['rate']} | {r['size_bytes']:,} | "
-                     f"{r['psnr']:.2f} | {r['ssim']:.4f} | {lp} | {r['n_primitives']:,} | {r['train_s']} |")  # fmt: skip
+                     f"{r['psnr']:.2f} | {r['ssim']:.4f} | {lp} | {r['n_primitives']:,} | {kept} | {parts} | "
+                     f"{r['train_s']} |")  # fmt: skip
     (args.out / "rd_nerf.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args.out / "rd_nerf.png", f"{Path(args.data).name} {w}x{h}, {args.steps} steps")
     return result
 
 
