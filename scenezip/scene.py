@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,37 +46,20 @@ class LoadedScene:
         return colors.clamp(0.0, 1.0), alphas
 
 
-def _load_3dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
-    from scenezip.splatting.streams import gaussians_from_streams
-
-    model = gaussians_from_streams(arrays, metadata, source)
-    return model, len(model)
-
-
-def _load_c3dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
-    from scenezip.splatting.c3dgs import c3dgs_from_streams
-
-    model = c3dgs_from_streams(arrays, metadata, source)
-    return model, len(model)
+# method -> (module, function) rebuilding its model from decoded arrays: ``fn(arrays, metadata, source)``.
+LOADERS: dict[str, tuple[str, str]] = {
+    "3dgs": ("scenezip.splatting.streams", "gaussians_from_streams"),
+    "c3dgs": ("scenezip.splatting.c3dgs", "c3dgs_from_streams"),
+    "2dgs": ("scenezip.splatting.surfels", "surfels_from_streams"),
+    "ngp": ("scenezip.fields.ngp_streams", "ngp_from_streams"),
+}
 
 
-def _load_2dgs(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
-    from scenezip.splatting.surfels import surfels_from_streams
+def _rebuild(method: str, arrays: dict[str, np.ndarray], metadata: dict, source: str) -> Any:
+    import importlib
 
-    model = surfels_from_streams(arrays, metadata, source)
-    return model, len(model)
-
-
-def _load_ngp(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> tuple[Any, int]:
-    from scenezip.fields.ngp_streams import ngp_from_streams
-
-    model = ngp_from_streams(arrays, metadata, source)
-    return model, len(model)
-
-
-LOADERS: dict[str, Callable[[dict, dict, str], tuple[Any, int]]] = {
-    "3dgs": _load_3dgs, "c3dgs": _load_c3dgs, "2dgs": _load_2dgs, "ngp": _load_ngp,
-}  # fmt: skip
+    module, fn = LOADERS[method]
+    return getattr(importlib.import_module(module), fn)(arrays, metadata, source)
 
 
 def load_scene(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedScene:
@@ -87,8 +70,8 @@ def load_scene(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     scene = read_scz(path)
     if scene.method not in LOADERS:
         raise SceneFileError(f"{path}: unknown method {scene.method!r} (this scenezip reads {', '.join(sorted(LOADERS))})")
-    model, count = LOADERS[scene.method](decode_streams(scene), scene.metadata, str(path))
-    return LoadedScene(path, scene.method, scene.metadata, model.to(device), count, scene.file_nbytes)
+    model = _rebuild(scene.method, decode_streams(scene), scene.metadata, str(path))
+    return LoadedScene(path, scene.method, scene.metadata, model.to(device), len(model), scene.file_nbytes)
 
 
 def scene_metadata(ds) -> dict:

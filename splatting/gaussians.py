@@ -30,6 +30,16 @@ FORMAT = "scenezip.gaussians3d"
 FORMAT_VERSION = 1
 
 
+def save_model_dict(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` a model's plain dict to ``path`` via a temporary name and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(data), tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def knn_mean_distance(points: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
     """Root of the mean squared distance of every point to its ``k`` nearest other points.
 
@@ -288,12 +298,7 @@ class GaussianModel(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` with ``torch.save`` (via a temporary name, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        return save_model_dict(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "GaussianModel":
