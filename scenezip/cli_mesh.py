@@ -141,4 +141,57 @@ def render_depth_normal_image(
     return colorize_normals(r["normals"][0].cpu().numpy(), mask)
 
 
-__all__ = ["MeshArgs", "cmd_mesh", "colorize_depth", "colorize_normals", "render_depth_normal_image"]
+def write_geometry_renders(
+    scene: Any,
+    ds: Any,
+    ids: Any,
+    mode: Literal["depth", "normal"],
+    out_dir: Path,
+    backend: Literal["auto", "torch", "cuda"] = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Write one depth or normal PNG per camera ``ids`` of ``ds`` (named after the capture's images) into
+    ``out_dir``; the body of ``scenezip render --mode depth|normal``.
+
+    Args:
+        scene: a loaded scene (``scenezip.scene.load_scene``): its ``model`` renders the geometry.
+        ds: the capture (:class:`~scenezip.scenes.dataset.Dataset`) whose cameras to use.
+        ids: camera indices ``[K]`` into ``ds``.
+        mode: ``depth`` (viridis, per-view 1st..99th percentile) or ``normal`` (world-space, ``(n + 1) / 2``).
+        out_dir: folder for the PNGs (created).
+        backend: rasterizer backend.
+
+    Returns:
+        The written paths, in the order of ``ids``.
+    """
+    import imageio.v3 as iio
+    from tqdm.auto import tqdm
+
+    if mode not in ("depth", "normal"):
+        raise ScenezipError(f"--mode must be 'depth' or 'normal' for geometry renders, got {mode!r}")
+    model = getattr(scene, "model", None)
+    if model is None or not (getattr(model, "is_surfel", False) or hasattr(model, "activated")):
+        method = getattr(scene, "method", type(scene).__name__)
+        raise ScenezipError(f"--mode {mode}: {method} scenes have no Gaussian geometry to render")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in tqdm([int(v) for v in np.asarray(ids).reshape(-1)], desc=f"render {mode}", unit="view",
+                  disable=not progress):  # fmt: skip
+        img = render_depth_normal_image(model, ds.cameras[i], mode, backend=backend)
+        path = out_dir / (Path(ds.image_paths[i]).stem + ".png")
+        tmp = path.with_name(path.stem + ".tmp.png")
+        iio.imwrite(tmp, img)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+__all__ = [
+    "MeshArgs",
+    "cmd_mesh",
+    "colorize_depth",
+    "colorize_normals",
+    "render_depth_normal_image",
+    "write_geometry_renders",
+]

@@ -182,6 +182,33 @@ def normal_angle_error(pred: Tensor | np.ndarray, gt: Tensor | np.ndarray, mask:
     return float(torch.rad2deg(torch.arccos(cos)).mean())
 
 
+def geometry_errors(
+    model: Any,
+    cameras: Cameras,
+    gt_depth: Tensor | np.ndarray,
+    gt_normals: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray,
+    backend: Literal["auto", "torch", "cuda"] = "auto",
+    **render_kw: Any,
+) -> dict[str, float]:
+    """Depth and normal errors of ``model``'s renders (:func:`render_depth_normals`, default depth) against
+    ground truth on C cameras.
+
+    Args:
+        gt_depth: ``[C, H, W]`` z-depth in the model's (normalized) units, > 0 under ``mask``.
+        gt_normals: ``[C, H, W, 3]`` unit world-space normals in the model's frame.
+        mask: bool ``[C, H, W]``: the pixels to score (a pixel the model leaves empty scores depth 0 and a
+            90-degree normal there, so a model cannot gain by leaving surfaces out).
+
+    Returns:
+        ``{"depth_abs", "depth_rel", "normal_deg", "n_pixels"}``.
+    """
+    r = render_depth_normals(model, cameras, backend=backend, **render_kw)
+    d = depth_error(r["depth"], gt_depth, mask)
+    return {"depth_abs": d["abs"], "depth_rel": d["rel"],
+            "normal_deg": normal_angle_error(r["normals"], gt_normals, mask), "n_pixels": d["n"]}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- meshes
 def import_open3d() -> Any:
     """``open3d``, or a ScenezipError that says how to install it."""
@@ -359,6 +386,7 @@ def write_mesh_ply(path: str | os.PathLike, vertices: np.ndarray, triangles: np.
 __all__ = [
     "chamfer_distance",
     "depth_error",
+    "geometry_errors",
     "import_open3d",
     "nearest_distances",
     "normal_angle_error",

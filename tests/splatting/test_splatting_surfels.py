@@ -162,8 +162,10 @@ def test_loss_schedule_and_config_resolution():
         SurfelModel.extra_loss(meta_nd, 400, 3000, cfg)
     obj = SurfelLossConfig().resolved("object")
     fwd = SurfelLossConfig().resolved("forward")
-    assert (obj.dist_weight(), obj.normal_depth_mode()) == (1000.0, "median")
-    assert (fwd.dist_weight(), fwd.normal_depth_mode()) == (10.0, "expected")
+    assert (obj.dist_weight(), obj.normal_depth_mode()) == (1.0, "median")
+    assert (fwd.dist_weight(), fwd.normal_depth_mode()) == (0.01, "expected")
+    # the L1 weights stand for the paper's squared-form 1000 / 10: far below them (1000 cost 10 dB)
+    assert obj.dist_weight() <= 10.0 and fwd.dist_weight() < obj.dist_weight()
     assert SurfelLossConfig(dist_lambda=0.0, scene_type="object").dist_weight() == 0.0
     with pytest.raises(ValueError, match="resolved"):
         SurfelLossConfig().dist_weight()

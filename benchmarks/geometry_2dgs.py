@@ -1,0 +1,167 @@
+"""Geometry of 2D surfels against 3D Gaussians on the procedural scene, whose true surfaces are known.
+
+Both methods train on the same capture with the same schedule (``scenezip.cli.train_and_write``, so the
+``.scz`` file is written and decoded as a user gets it); the *decoded* models are then scored on the
+test views against the scene's exact ground truth:
+
+* depth error: mean |rendered z - true z| (normalized scene units, the farthest camera 1 from the
+  centre) and its mean relative value, over test pixels fully covered by the scene (alpha 1);
+* normal error: mean angle in degrees between rendered and true world-space normals on the same pixels
+  (surfels: their own composited normals; 3D Gaussians: the usual shortest-axis stand-in);
+* Chamfer distance between the TSDF mesh fused from the training views' depth (open3d,
+  ``splatting.geometry.tsdf_mesh``) and the true surface (``scenes.procedural.sample_surface``),
+  both sampled with 20k points, in normalized units.
+
+Depth is what :func:`scenezip.splatting.geometry.render_depth_normals` renders by default: median depth
+for surfels, expected depth for 3D Gaussians. Writes ``benchmarks/results/geometry_2dgs.json``
+(``{"protocol", "rows"}``, DESIGN.md) and ``geometry_2dgs.md``.
+
+    OMP_NUM_THREADS=1 python3 benchmarks/geometry_2dgs.py --size 48 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from scenezip.cli import train_and_write
+from scenezip.scene import load_scene
+from scenezip.scenes.loader import load_dataset
+from scenezip.scenes.procedural import load_scene_json, sample_surface, write_procedural_scene
+from scenezip.splatting.config import DensifyConfig, SurfelTrainConfig, TrainConfig
+from scenezip.splatting.geometry import chamfer_distance, geometry_errors, sample_mesh_points, tsdf_mesh
+from scenezip.splatting.surfels import SurfelLossConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+N_SURFACE = 20_000
+
+
+def ground_truth(ds: Any, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True z-depth ``[C, H, W]`` and normals ``[C, H, W, 3]`` in the dataset's normalized frame, and the mask of
+    pixels fully covered by the scene, for the procedural views ``ids``."""
+    rot = ds.normalization[:3, :3] / ds.scale
+    depth, normals, mask = [], [], []
+    for i in np.asarray(ids).tolist():
+        p = Path(ds.image_paths[i])
+        d = np.load(p.with_name(p.stem + "_depth.npy"))
+        depth.append(d * ds.scale)
+        normals.append(np.load(p.with_name(p.stem + "_normal.npy")) @ rot.T)
+        mask.append((iio.imread(p)[..., 3] == 255) & (d > 0))
+    return np.stack(depth), np.stack(normals), np.stack(mask)
+
+
+def surface_points(data: Path, ds: Any, n: int = N_SURFACE) -> np.ndarray:
+    """``[n, 3]`` samples of the true surface in the dataset's normalized frame."""
+    pts, _ = sample_surface(load_scene_json(data), n, seed=1)
+    return pts @ ds.normalization[:3, :3].T + ds.normalization[:3, 3]
+
+
+def score(model: Any, ds: Any, data: Path, voxel: float) -> dict[str, float]:
+    """Depth / normal errors on the test views and the TSDF mesh's Chamfer distance to the true surface."""
+    test = ds.indices("test")
+    depth, normals, mask = ground_truth(ds, test)
+    out = geometry_errors(model, ds.cameras[test], depth, normals, mask, backend="torch")
+    v, t = tsdf_mesh(model, ds.cameras[ds.indices("train")], voxel_size=voxel, backend="torch")
+    out["chamfer"] = chamfer_distance(sample_mesh_points(v, t, N_SURFACE), surface_points(data, ds)) if len(t) else None
+    out["mesh_triangles"] = int(len(t))
+    return out
+
+
+def configs(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
+    """The 3dgs and 2dgs configs of one run: one schedule, the surfel losses at their defaults unless set."""
+    common = dict(data=data, steps=args.steps, random_points=args.random_points, seed=args.seed, progress=False,
+                  checkpoint_every=0, backend="torch", device="cpu",
+                  densify=DensifyConfig(max_gaussians=args.max_gaussians))  # fmt: skip
+    surfel = SurfelLossConfig()
+    if args.dist_lambda is not None:
+        surfel = dataclasses.replace(surfel, dist_lambda=args.dist_lambda)
+    extra = {} if args.surfel_lr_quats is None else {"lr_quats": args.surfel_lr_quats}
+    return {
+        "3dgs": TrainConfig(out=work / "3dgs", **common),
+        "2dgs": SurfelTrainConfig(out=work / "2dgs", surfel=surfel, **common, **extra),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=48, help="image width and height of the procedural views")
+    ap.add_argument("--train", type=int, default=12, help="training views")
+    ap.add_argument("--test", type=int, default=3, help="test views")
+    ap.add_argument("--steps", type=int, default=300, help="training steps of both methods")
+    ap.add_argument("--random-points", type=int, default=2000, help="initial random points in the scene bounds")
+    ap.add_argument("--max-gaussians", type=int, default=6000, help="densification cap")
+    ap.add_argument("--dist-lambda", type=float, default=None, help="2dgs distortion weight (default: the config's)")
+    ap.add_argument("--surfel-lr-quats", type=float, default=None, help="2dgs rotation learning rate (default: the config's)")
+    ap.add_argument("--voxel", type=float, default=0.004, help="TSDF voxel size, normalized units")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "geometry_2dgs.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="geometry_2dgs-") as tmp:
+        data = write_procedural_scene(Path(tmp) / "data", n_train=args.train, n_val=1, n_test=args.test,
+                                      width=args.size, height=args.size, seed=args.seed)  # fmt: skip
+        ds = load_dataset(data, n_random_points=args.random_points, seed=args.seed, background=(1.0, 1.0, 1.0))
+        for method, cfg in configs(args, data, Path(tmp)).items():
+            t0 = time.perf_counter()
+            result, scz, nbytes = train_and_write(cfg, ds)
+            scene = load_scene(scz)
+            geo = score(scene.model, ds, data, args.voxel)
+            m = result.metrics
+            rows.append({
+                "method": method, "scene": f"procedural(seed={args.seed})", "resolution": [args.size, args.size],
+                "steps": args.steps, "size_bytes": int(nbytes), "psnr": m["psnr"], "ssim": m["ssim"], "lpips": None,
+                "n_primitives": int(scene.n_primitives), "train_s": result.train_s, "device": "cpu",
+                **geo, "total_s": time.perf_counter() - t0,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+
+    protocol = {
+        "command": "OMP_NUM_THREADS=1 python3 benchmarks/geometry_2dgs.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": date.today().isoformat(), "device": "cpu", "threads": 1, "python": platform.python_version(),
+        "torch": torch.__version__, "scene": "scenezip.scenes.procedural.make_scene(seed), Blender layout",
+        "resolution": [args.size, args.size], "views": {"train": args.train, "val": 1, "test": args.test},
+        "steps": args.steps, "random_points": args.random_points, "max_gaussians": args.max_gaussians,
+        "split": "test views of the capture (depth, normals); training views fused for the mesh",
+        "depth": "median (2dgs) / expected (3dgs) z-depth, normalized units (farthest camera 1 from the centre)",
+        "mask": "test pixels with alpha 255 and a true depth",
+        "chamfer": f"TSDF mesh (voxel {args.voxel}) vs true surface, {N_SURFACE} samples each, normalized units",
+        "surfel_losses": dataclasses.asdict(configs(args, Path("."), Path("."))["2dgs"].surfel),
+        "lpips": "not computed (backbone weights unavailable offline)",
+        "decoded": "figures are of the models decoded from the written .scz files",
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2) + "\n")
+    lines = [
+        "# geometry_2dgs: 2D surfels vs 3D Gaussians against the procedural scene's true geometry", "",
+        f"`{protocol['command']}` on {protocol['date']} (cpu, 1 thread); {args.size}x{args.size} px, "
+        f"{args.train} training / {args.test} test views, {args.steps} steps, the same schedule for both. "
+        "Depth and normal errors on the test views' fully covered pixels; Chamfer distance of the TSDF mesh "
+        "(training views) to the true surface. Lengths in normalized units (farthest camera at 1).", "",
+        "| method | PSNR | SSIM | Gaussians | size (bytes) | depth abs | depth rel | normal (deg) | Chamfer | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in rows:
+        ch = f"{r['chamfer']:.4f}" if r["chamfer"] is not None else "n/a"
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['n_primitives']:,} | {r['size_bytes']:,} | "
+                     f"{r['depth_abs']:.4f} | {r['depth_rel']:.4f} | {r['normal_deg']:.1f} | {ch} | {r['train_s']:.1f} |")  # fmt: skip
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
