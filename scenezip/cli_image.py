@@ -40,11 +40,13 @@ class ImageEncodeArgs:
     steps: int = 600
     """Optimization steps (float fitting, then quantization-aware fine-tuning)."""
     pos_frac_bits: int = 2
-    """Positions are stored on a grid of 2**-pos_frac_bits pixels (0..4)."""
+    """Positions are stored on a grid of 2**-pos_frac_bits pixels (0..4); the encoder also tries one bit less and more."""
     chol_bits: int = 6
-    """Bits per Cholesky channel of the covariances (1..8)."""
+    """Bits per Cholesky channel of the covariances (1..8); the encoder also tries one bit less and more."""
     color_step_q: int = 22
-    """Colour quantization step 2**(-color_step_q/4) (rate control may refine it)."""
+    """Colour quantization step 2**(-color_step_q/4); the encoder also tries steps 2x finer and coarser."""
+    search: bool = True
+    """After the float fit, also try the neighbouring quantizer settings and keep the best at the target size."""
     seed: int = 0
     """Seed of the initialization (the result is deterministic for a given seed and thread count)."""
     quiet: bool = False
@@ -136,7 +138,7 @@ def cmd_encode(args: ImageEncodeArgs) -> None:
     img = load_image(args.input)
     _check_output_folder(args.output)
     try:
-        r = encode_image(img, args.bpp, args.output, steps=args.steps, quant=quant, seed=args.seed,
+        r = encode_image(img, args.bpp, args.output, steps=args.steps, quant=quant, search=args.search, seed=args.seed,
                          progress=not args.quiet)  # fmt: skip
     except ValueError as e:
         raise ScenezipError(f"{args.input}: {e}") from None

@@ -45,13 +45,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from scenezip.errors import SceneFileError
+from scenezip.quant import entropy
 from scenezip.quant.morton import MORTON_BITS, morton_encode, morton_order
 from scenezip.quant.scalar import UniformQuantizer
 from scenezip.render.rasterization_image import rasterize_image
@@ -59,7 +60,7 @@ from scenezip.scenes.scz import SceneFile, read_scz, write_scz
 from scenezip.splatting.image_gaussians import FitConfig, ImageGaussians, Params, chol_from_raw, fit, init_from_image
 
 METHOD = "image"
-STREAMS = ("pos_exp", "pos_mant", "chol", "color")
+STREAM = "code"  # the one stream of an image file: every integer, packed (see the module docstring)
 MAX_SIDE = 1 << 16
 MAX_GAUSSIANS = 1 << 24
 MAX_FRAC_BITS = 4
@@ -337,96 +338,247 @@ def render_code(code: ImageCode) -> np.ndarray:  # -> [H, W, 3] uint8
     return torch.round(img.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
 
 
-# ---------------------------------------------------------------------------------------- streams
+# ---------------------------------------------------------------------------------------- packing
 
 
-def code_to_streams(code: ImageCode) -> tuple[dict, dict[str, tuple]]:
-    """``(metadata, streams)`` for :func:`scenezip.scenes.scz.write_scz`."""
+def _zz(v: int) -> int:
+    """Zigzag map of a signed integer to a non-negative one (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)."""
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzz(u: int) -> int:
+    return u >> 1 if u % 2 == 0 else -((u + 1) >> 1)
+
+
+def _table_precision(k: int) -> int:
+    return min(entropy.MAX_PRECISION, max(16, k.bit_length() + 2))
+
+
+def _normalize(weights: np.ndarray) -> entropy.FreqTable:
+    """Integer weights ``[A]`` (0 = unused symbol) -> a table summing to ``2**precision``; integer
+    arithmetic only (proportional floors, at least 1, the rounding taken from or given to the largest)."""
+    w = np.asarray(weights, dtype=np.int64)
+    used = np.flatnonzero(w > 0).astype(np.int64)
+    wu = w[used]
+    k = int(used.shape[0])
+    precision = _table_precision(max(k, int(w.shape[0])))
+    total = 1 << precision
+    if k == 1:
+        return entropy.FreqTable(int(w.shape[0]), precision, used, np.array([total], dtype=np.int64))
+    f = np.maximum(wu * total // int(wu.sum()), 1)
+    diff = total - int(f.sum())
+    order = np.argsort(-f, kind="stable")
+    i = 0
+    while diff < 0:  # the bumps to 1 overshot: take from the largest frequencies
+        j = int(order[i % k])
+        take = min(int(f[j]) - 1, -diff)
+        f[j] -= take
+        diff += take
+        i += 1
+    f[int(order[0])] += diff
+    cap = total - (total >> 12)
+    top = int(np.argmax(f))
+    if f[top] > cap:
+        over = int(f[top]) - cap
+        f[top] = cap
+        f[int(order[1]) if int(order[0]) == top else int(order[0])] += over
+    return entropy.FreqTable(int(w.shape[0]), precision, used, f.astype(np.int64))
+
+
+def _geometric_weights(size: int, mu: int, decay: int) -> np.ndarray:
+    """``[size]`` weights ``2**24 * (decay / 256)**|i - mu|`` in integer arithmetic (floor each step, at least 1)."""
+    far = max(mu, size - 1 - mu) + 1
+    g = np.empty(far, dtype=np.int64)
+    v = 1 << 24
+    for d in range(far):  # the alphabets here are small (a few hundred symbols at most)
+        g[d] = v
+        v = max(1, (v * decay) >> 8)
+    return g[np.abs(np.arange(size) - mu)]
+
+
+# nibble e in 1..15 -> integer weight round(2 ** (0.75 (e - 1))), 0 -> unused
+_NIBBLE_WEIGHTS = np.array([0] + [int(round(2.0 ** (0.75 * (e - 1)))) for e in range(1, 16)], dtype=np.int64)
+
+
+def _cross_bits(counts: np.ndarray, table: entropy.FreqTable) -> float:
+    """Bits to code symbols with ``counts`` ``[A]`` under ``table`` (inf if a used symbol has no frequency)."""
+    f = table.dense().astype(np.float64)
+    nz = counts > 0
+    if np.any(f[nz] == 0):
+        return math.inf
+    return float(-(counts[nz] * np.log2(f[nz] / float(1 << table.precision))).sum())
+
+
+def _pick_table(symbols: np.ndarray) -> tuple[bytes, entropy.FreqTable, int]:
+    """The cheapest description of ``symbols`` ``[n]`` (int): ``(table bytes, table, lo)``.
+
+    Two kinds: 0, a two-sided geometric law (mode and decay; 4-6 bytes), and 1, a 4-bit log-count per
+    symbol of ``[lo, hi]``. The kind with the fewer total bits (table + estimated payload) wins."""
+    s = np.asarray(symbols, dtype=np.int64).reshape(-1)
+    lo, hi = (int(s.min()), int(s.max())) if s.size else (0, 0)
+    size = hi - lo + 1
+    counts = np.bincount(s - lo, minlength=size).astype(np.float64) if s.size else np.zeros(1)
+    head = entropy.encode_varints(np.array([_zz(lo), size - 1]))
+    mu = int(np.argmax(counts))
+    # the decay: a float search on the ideal law (cheap), then the one integer table it names
+    dist = np.abs(np.arange(size) - mu).astype(np.float64)
+    decays = np.arange(4, 256, 4, dtype=np.float64)
+    logp = dist[None, :] * np.log2(decays[:, None] / 256.0)
+    logp -= np.log2(np.exp2(logp).sum(1, keepdims=True))
+    decay = int(decays[int(np.argmin(-(logp * counts[None, :]).sum(1)))])
+    t = _normalize(_geometric_weights(size, mu, decay))
+    body = bytes([0]) + head + entropy.encode_varints(np.array([mu])) + bytes([decay])
+    best = (8 * len(body) + _cross_bits(counts, t), body, t)
+    if size <= 4096:
+        e = np.zeros(size, dtype=np.int64)
+        nz = counts > 0
+        e[nz] = np.clip(np.round(np.log2(counts[nz] / counts.max()) / 0.75) + 15, 1, 15).astype(np.int64)
+        t = _normalize(_NIBBLE_WEIGHTS[e])
+        pad = np.concatenate([e, np.zeros(size % 2, dtype=np.int64)])
+        body = bytes([1]) + head + (pad[0::2] * 16 + pad[1::2]).astype(np.uint8).tobytes()
+        cost = 8 * len(body) + _cross_bits(counts, t)
+        if cost < best[0]:
+            best = (cost, body, t)
+    return best[1], best[2], lo
+
+
+class _Reader:
+    """Sequential reads from the packed code, each failure a SceneFileError naming the file and the part."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def fail(self, msg: str):
+        raise SceneFileError(f"{self.what}: {msg}")
+
+    def varints(self, count: int, part: str) -> list[int]:
+        try:
+            v, self.pos = entropy.decode_varints(self.data, self.pos, count, part)
+        except SceneFileError as e:
+            self.fail(str(e))
+        return [int(x) for x in v]
+
+    def take(self, nbytes: int, part: str) -> bytes:
+        if nbytes < 0 or self.pos + nbytes > len(self.data):
+            self.fail(f"{part}: needs {nbytes} bytes, {len(self.data) - self.pos} left (truncated?)")
+        out = self.data[self.pos : self.pos + nbytes]
+        self.pos += nbytes
+        return out
+
+    def table(self, part: str) -> tuple[entropy.FreqTable, int]:
+        kind = self.take(1, part)[0]
+        zlo, size1 = self.varints(2, part)
+        lo, size = _unzz(zlo), size1 + 1
+        if size > 1 << 17:
+            self.fail(f"{part}: alphabet of {size} symbols is too large")
+        if kind == 0:
+            (mu,) = self.varints(1, part)
+            decay = self.take(1, part)[0]
+            if mu >= size or decay == 0:
+                self.fail(f"{part}: geometric table with mode {mu} of {size} symbols, decay {decay}")
+            return _normalize(_geometric_weights(size, mu, decay)), lo
+        if kind == 1:
+            raw = np.frombuffer(self.take((size + 1) // 2, part), dtype=np.uint8).astype(np.int64)
+            e = np.stack([raw >> 4, raw & 15], -1).reshape(-1)
+            if e[size:].any() or not e[:size].any():
+                self.fail(f"{part}: malformed 4-bit table")
+            return _normalize(_NIBBLE_WEIGHTS[e[:size]]), lo
+        self.fail(f"{part}: unknown table kind {kind}")
+
+    def symbols(self, n: int, part: str) -> np.ndarray:
+        table, lo = self.table(part)
+        (words,) = self.varints(1, part)
+        payload = self.take(4 * words, part)
+        try:
+            return entropy.decode(payload, table, n) + np.int64(lo)
+        except SceneFileError as e:
+            self.fail(f"{part}: {e}")
+
+
+def _pack_symbols(symbols: np.ndarray) -> bytes:
+    body, table, lo = _pick_table(symbols)
+    payload = entropy.encode(np.asarray(symbols, dtype=np.int64).reshape(-1) - lo, table)
+    return body + entropy.encode_varints(np.array([len(payload) // 4])) + payload
+
+
+def pack_code(code: ImageCode) -> bytes:
+    """The bytes of one ``image`` file's single stream ``code`` (layout in the module docstring)."""
     codes = morton2d(code.q_pos)
     d = codes.copy()
     d[1:] -= codes[:-1]
     if d.size and int(d.min()) < 0:
         raise ValueError("q_pos must be sorted by 2D Morton code (quantize_model does that)")
     exps, packed, _ = split_deltas(d)
-    meta = {
-        "width": code.width, "height": code.height, "n_gaussians": code.n,
-        "pos_frac_bits": code.pos_frac_bits, "chol_bits": code.chol_bits,
-        "chol_range": [int(v) for v in code.chol_range.reshape(-1)], "color_step_q": code.color_step_q,
-    }  # fmt: skip
-    streams = {
-        "pos_exp": (exps, "rans"),
-        "pos_mant": (np.frombuffer(packed, dtype=np.uint8), "raw"),
-        "chol": (code.q_chol.astype(np.uint8), "rans"),
-        "color": (code.q_color.astype(np.int16), "rans"),
-    }
-    return meta, streams
+    head = [code.width, code.height, code.n, code.pos_frac_bits, code.chol_bits, code.color_step_q]
+    head += [_zz(int(v)) for v in np.asarray(code.chol_range).reshape(-1)]
+    parts = [entropy.encode_varints(np.array(head, dtype=np.int64))]
+    if code.n:
+        parts.append(_pack_symbols(exps))
+        parts.append(packed)
+        parts += [_pack_symbols(code.q_chol[:, j]) for j in range(3)]
+        parts += [_pack_symbols(code.q_color[:, j]) for j in range(3)]
+    return b"".join(parts)
+
+
+def unpack_code(data: bytes, what: str) -> ImageCode:
+    """Inverse of :func:`pack_code`; checks every count, range and length (SceneFileError, prefixed ``what``)."""
+    r = _Reader(bytes(data), what)
+    width, height, n, frac, chol_bits, step_q = r.varints(6, "size and settings")
+    chol_range = np.array([_unzz(v) for v in r.varints(6, "Cholesky range")], dtype=np.int64).reshape(2, 3)
+    for name, v, lo, hi in (("width", width, 1, MAX_SIDE), ("height", height, 1, MAX_SIDE),
+                            ("Gaussian count", n, 0, MAX_GAUSSIANS), ("pos_frac_bits", frac, 0, MAX_FRAC_BITS),
+                            ("chol_bits", chol_bits, 1, 8), ("color_step_q", step_q, 0, MAX_STEP_Q)):  # fmt: skip
+        if not lo <= v <= hi:
+            r.fail(f"{name} {v} outside [{lo}, {hi}]")
+    if not np.all(chol_range[1] > chol_range[0]) or np.abs(chol_range).max() > 1 << 20:
+        r.fail(f"Cholesky range must have hi > lo per channel (|v| <= 2^20), got {chol_range.tolist()}")
+    if n > 8 * len(data):  # every Gaussian costs more than a bit: refuse absurd counts before allocating
+        r.fail(f"{n} Gaussians cannot fit in {len(data)} bytes")
+    gw, gh = _pos_grid(width, height, frac)
+    if n == 0:
+        q_pos, q_chol, q_color = np.zeros((0, 2), np.int64), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.int16)
+    else:
+        exps = r.symbols(n, "position exponents")
+        if int(exps.min()) < 0 or int(exps.max()) > 2 * MORTON_BITS:
+            r.fail(f"position exponents outside [0, {2 * MORTON_BITS}]")
+        nbits = int(np.maximum(exps - 1, 0).sum())
+        packed = np.frombuffer(r.take((nbits + 7) // 8, "position mantissas"), dtype=np.uint8)
+        codes = np.cumsum(join_deltas(exps, packed, what))
+        if int(codes[-1]) >= 1 << (2 * MORTON_BITS):
+            r.fail("position codes exceed the Morton range")
+        q_pos = morton2d_decode(codes)
+        if int(q_pos[:, 0].max()) >= gw or int(q_pos[:, 1].max()) >= gh:
+            r.fail(f"positions fall outside the {width}x{height} image")
+        chol = np.stack([r.symbols(n, f"Cholesky channel {j}") for j in range(3)], -1)
+        if int(chol.min()) < 0 or int(chol.max()) >= 1 << chol_bits:
+            r.fail(f"Cholesky levels outside [0, 2^{chol_bits})")
+        color = np.stack([r.symbols(n, f"colour channel {j}") for j in range(3)], -1)
+        if int(np.abs(color).max()) > 32767:
+            r.fail("colour integers exceed 16 bits")
+        q_chol, q_color = chol.astype(np.uint8), color.astype(np.int16)
+    if r.pos != len(r.data):
+        r.fail(f"{len(r.data) - r.pos} unexpected bytes after the colours")
+    return ImageCode(width, height, frac, chol_bits, step_q, chol_range, q_pos, q_chol, q_color)
 
 
 def write_code(path: str | os.PathLike, code: ImageCode) -> int:
     """Write ``code`` as an ``image`` ``.scz`` file (atomically); returns the bytes written."""
-    meta, streams = code_to_streams(code)
-    return write_scz(path, METHOD, meta, streams)
-
-
-def _meta_int(meta: Mapping, key: str, lo: int, hi: int, what: str) -> int:
-    v = meta.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise SceneFileError(f"{what}: metadata {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
-    return v
-
-
-def _meta_ints(meta: Mapping, key: str, n: int, bound: int, what: str) -> np.ndarray:
-    v = meta.get(key)
-    if not isinstance(v, list) or len(v) != n or not all(
-        isinstance(x, int) and not isinstance(x, bool) and abs(x) <= bound for x in v
-    ):
-        raise SceneFileError(f"{what}: metadata {key!r} must be a list of {n} integers in [-{bound}, {bound}], got {v!r}")
-    return np.asarray(v, dtype=np.int64)
-
-
-def _expect_stream(scene: SceneFile, name: str, dtype: str, shape: tuple[int, ...] | None, what: str) -> None:
-    rec = scene.record(name)
-    if rec.dtype != dtype or (shape is not None and tuple(rec.shape) != shape) or (shape is None and len(rec.shape) != 1):
-        want = f"{dtype} {list(shape)}" if shape is not None else f"{dtype} [M]"
-        raise SceneFileError(f"{what}: stream {name!r} is {rec.dtype} {list(rec.shape)}, expected {want}")
+    return write_scz(path, METHOD, {}, {STREAM: (np.frombuffer(pack_code(code), dtype=np.uint8), "raw")})
 
 
 def scene_to_code(scene: SceneFile) -> ImageCode:
-    """Check an ``image`` file's metadata and streams against each other and decode its integers."""
+    """Check an ``image`` file's container and decode its integers."""
     what = scene.path
     if scene.method != METHOD:
         raise SceneFileError(f"{what}: holds method {scene.method!r}, not an image ({METHOD!r})")
-    meta = scene.metadata
-    width = _meta_int(meta, "width", 1, MAX_SIDE, what)
-    height = _meta_int(meta, "height", 1, MAX_SIDE, what)
-    n = _meta_int(meta, "n_gaussians", 0, MAX_GAUSSIANS, what)
-    frac = _meta_int(meta, "pos_frac_bits", 0, MAX_FRAC_BITS, what)
-    chol_bits = _meta_int(meta, "chol_bits", 1, 8, what)
-    chol_range = _meta_ints(meta, "chol_range", 6, 1 << 20, what).reshape(2, 3)
-    if not np.all(chol_range[1] > chol_range[0]):
-        raise SceneFileError(f"{what}: metadata 'chol_range' must have hi > lo per channel, got {chol_range.tolist()}")
-    step_q = _meta_int(meta, "color_step_q", 0, MAX_STEP_Q, what)
-    extra = sorted(set(scene.streams) - set(STREAMS))
-    if extra:
-        raise SceneFileError(f"{what}: unexpected streams {extra} in an image file")
-    _expect_stream(scene, "pos_exp", "uint8", (n,), what)
-    _expect_stream(scene, "pos_mant", "uint8", None, what)
-    _expect_stream(scene, "chol", "uint8", (n, 3), what)
-    _expect_stream(scene, "color", "int16", (n, 3), what)
-    exps, packed = scene.decode("pos_exp"), scene.decode("pos_mant")
-    d = join_deltas(exps, packed, what)
-    codes = np.cumsum(d)
-    gw, gh = _pos_grid(width, height, frac)
-    if codes.size and int(codes[-1]) >= 1 << (2 * MORTON_BITS):
-        raise SceneFileError(f"{what}: position codes exceed the Morton range")
-    q_pos = morton2d_decode(codes)
-    if q_pos.size and (int(q_pos[:, 0].max()) >= gw or int(q_pos[:, 1].max()) >= gh):
-        raise SceneFileError(f"{what}: positions fall outside the {width}x{height} image")
-    q_chol = scene.decode("chol")
-    if q_chol.size and int(q_chol.max()) >= 1 << chol_bits:
-        raise SceneFileError(f"{what}: Cholesky levels exceed {chol_bits} bits")
-    q_color = scene.decode("color")
-    return ImageCode(width, height, frac, chol_bits, step_q, chol_range, q_pos, q_chol, q_color)
+    if scene.metadata:
+        raise SceneFileError(f"{what}: unexpected metadata keys {sorted(scene.metadata)} in an image file")
+    if set(scene.streams) != {STREAM}:
+        raise SceneFileError(f"{what}: an image file holds exactly one stream {STREAM!r}, got {sorted(scene.streams)}")
+    rec = scene.record(STREAM)
+    if rec.codec != "raw" or rec.dtype != "uint8" or len(rec.shape) != 1:
+        raise SceneFileError(f"{what}: stream {STREAM!r} is {rec.codec} {rec.dtype} {list(rec.shape)}, expected raw uint8 [M]")
+    return unpack_code(scene.decode(STREAM).tobytes(), what)
 
 
 def read_code(path: str | os.PathLike) -> ImageCode:
@@ -490,6 +642,26 @@ def _prune_to(model: ImageGaussians, order: Tensor, quant: QuantConfig, chol_q: 
     return lo, s_lo
 
 
+def _decoded_psnr(model: ImageGaussians, code: ImageCode, img: Tensor) -> float:
+    """PSNR (dB) of the 8-bit decode of ``code`` against ``img`` ``[H, W, 3]``."""
+    dec = torch.from_numpy(render_code(code).astype(np.float32) / 255.0)
+    mse = float(torch.mean((dec - img) ** 2))
+    return 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+
+
+def _settings_grid(quant: QuantConfig) -> list[QuantConfig]:
+    """The quantizer settings the encoder tries after the float fit: the given one and its neighbours
+    (colour step a factor 2 finer or coarser, one Cholesky bit and one position bit less or more)."""
+    out = []
+    for frac in sorted({max(quant.pos_frac_bits - 1, 0), quant.pos_frac_bits, min(quant.pos_frac_bits + 1, MAX_FRAC_BITS)}):
+        for cb in sorted({max(quant.chol_bits - 1, 1), quant.chol_bits, min(quant.chol_bits + 1, 8)}):
+            for dq in (-4, 0, 4):
+                q = quant.color_step_q + dq
+                if 0 <= q <= MAX_STEP_Q:
+                    out.append(QuantConfig(frac, cb, q))
+    return out
+
+
 def encode_image(
     img: Any,  # [H, W, 3] uint8 (numpy or torch)
     bpp: float,
@@ -497,10 +669,10 @@ def encode_image(
     steps: int = 600,
     quant: QuantConfig | None = None,
     fit_config: FitConfig | None = None,
-    bits_per_gaussian: float = 36.0,
-    oversample: float = 1.3,
-    qat_fraction: float = 0.35,
+    oversample: float = 1.2,
+    qat_fraction: float = 0.3,
     tolerance: float = 0.1,
+    search: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> EncodeResult:
@@ -510,7 +682,8 @@ def encode_image(
     lands within ``tolerance`` of the target unless the target is below what one Gaussian costs (the
     file then holds one Gaussian) or above what ``oversample`` times the first estimate can reach at
     the finest colour step tried. ``steps`` are split into float fitting and ``qat_fraction`` of
-    quantization-aware fine-tuning.
+    quantization-aware fine-tuning. ``search`` tries the neighbouring quantizer settings of ``quant``
+    after the float fit and keeps the one whose decoded image at the target size is best.
     """
     t0 = time.perf_counter()
     target_img = _as_image(img)
@@ -525,26 +698,33 @@ def encode_image(
     log: list[str] = []
     sizer = _Sizer()
     try:
-        # 1. count from the target: the bytes past a one-Gaussian file, at bits_per_gaussian each
-        probe = init_from_image(target_img, 1, seed=seed)
-        overhead = sizer(quantize_model(probe, quant, make_chol_range(probe.chol_raw)))
-        n_est = max(1, int((target - overhead) * 8 / bits_per_gaussian))
+        # 1. count from the target: the size of an initial model's code, bisected on its count
+        #    (the initial positions are spread like fitted ones; colours and shapes are close enough)
+        n_max = min(h * w, max(1, target))  # every Gaussian costs more than 8 bits
+        probe = init_from_image(target_img, n_max, seed=seed)
+        order = torch.arange(n_max)
+        n_est, _ = _prune_to(probe, order, quant, make_chol_range(probe.chol_raw), target, sizer)
         n_fit = int(min(h * w, max(1, math.ceil(n_est * oversample))))
         log.append(f"target {target} B: estimate {n_est} Gaussians, fitting {n_fit}")
         model = init_from_image(target_img, n_fit, seed=seed)
         # 2. float fit
         float_steps = int(round(steps * (1 - qat_fraction)))
         fit(model, target_img, replace(fcfg, steps=float_steps), progress=progress, desc=f"fit {n_fit} Gaussians")
-        # 3. prune to the target, refining the colour step while even every Gaussian is too small a file
+        # 3. prune to the target under each candidate setting; keep the best decoded image
         chol_q = make_chol_range(model.chol_raw)
         order = torch.argsort(model.importance(), descending=True, stable=True)
-        k, size = _prune_to(model, order, quant, chol_q, target, sizer)
-        while size < (1 - tolerance / 2) * target and k == model.n and quant.color_step_q < MAX_STEP_Q:
-            quant = replace(quant, color_step_q=quant.color_step_q + 2)
-            k, size = _prune_to(model, order, quant, chol_q, target, sizer)
-            log.append(f"under target with all Gaussians: colour step {quant.color_step:.5f}")
+        best = None
+        for cand in _settings_grid(quant) if search else [quant]:
+            k, size = _prune_to(model, order, cand, chol_q, target, sizer)
+            while size < (1 - tolerance / 2) * target and k == model.n and cand.color_step_q < MAX_STEP_Q:
+                cand = replace(cand, color_step_q=cand.color_step_q + 2)
+                k, size = _prune_to(model, order, cand, chol_q, target, sizer)
+            score = _decoded_psnr(model, quantize_model(model.keep(order[:k]), cand, chol_q), target_img)
+            if best is None or score > best[0]:
+                best = (score, cand, k, size)
+        _, quant, k, size = best
         model = model.keep(order[:k])
-        log.append(f"pruned to {k} Gaussians ({size} B)")
+        log.append(f"settings {quant}: pruned to {k} Gaussians ({size} B)")
         # 4. quantization-aware fine-tuning of the kept Gaussians
         qat_steps = steps - float_steps
         if qat_steps > 0:

@@ -19,7 +19,7 @@ def test_encode_decode_png(tmp_path, capsys):
     torch.set_num_threads(1)
     src = tmp_path / "in.png"
     Image.fromarray(_img()).save(src)
-    assert image_main(["encode", str(src), "-o", str(tmp_path / "a.scz"), "--bpp", "6", "--steps", "10", "--quiet"]) == 0
+    assert image_main(["encode", str(src), "-o", str(tmp_path / "a.scz"), "--bpp", "6", "--steps", "10", "--no-search", "--quiet"]) == 0
     assert "bpp" in capsys.readouterr().out
     assert image_main(["decode", str(tmp_path / "a.scz"), "-o", str(tmp_path / "out.png")]) == 0
     out = Image.open(tmp_path / "out.png")
@@ -34,7 +34,7 @@ def test_rgba_and_grey_are_converted_with_a_note(tmp_path, capsys):
     grey = tmp_path / "grey.jpg"
     Image.fromarray(_img()[..., 0]).save(grey, quality=95)
     for src in (rgba, grey):
-        assert image_main(["encode", str(src), "-o", str(tmp_path / "x.scz"), "--bpp", "6", "--steps", "2", "--quiet"]) == 0
+        assert image_main(["encode", str(src), "-o", str(tmp_path / "x.scz"), "--bpp", "6", "--steps", "2", "--no-search", "--quiet"]) == 0
         err = capsys.readouterr().err
         assert "converted to RGB" in err and str(src) in err
 

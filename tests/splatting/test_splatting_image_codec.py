@@ -8,22 +8,27 @@ import torch
 
 from scenezip.errors import SceneFileError
 from scenezip.quant.morton import morton_order
+from dataclasses import replace
+
 from scenezip.scenes.scz import read_scz, write_scz
 from scenezip.splatting.image_codec import (
     QuantConfig,
+    STREAM,
     code_to_model,
-    code_to_streams,
     decode_image,
     encode_image,
     join_deltas,
     morton2d,
     morton2d_decode,
+    pack_code,
     quantize_model,
     read_code,
     render_code,
     split_deltas,
+    unpack_code,
     write_code,
 )
+from scenezip.quant.entropy import decode_varints, encode_varints
 from scenezip.splatting.image_gaussians import FitConfig, detail_map, fit, init_from_image, psnr_of
 
 
@@ -43,7 +48,7 @@ def encoded(tmp_path_factory):
     torch.set_num_threads(1)
     img = synthetic_image()
     path = tmp_path_factory.mktemp("img") / "a.scz"
-    result = encode_image(img, 6.0, path, steps=40, seed=0, progress=False)
+    result = encode_image(img, 6.0, path, steps=20, search=False, seed=0, progress=False)
     return img, path, result
 
 
@@ -98,38 +103,60 @@ def test_encode_quality_and_reported_psnr(encoded):
 def test_rate_control_within_ten_percent(tmp_path, bpp):
     torch.set_num_threads(1)
     img = synthetic_image(seed=1)
-    r = encode_image(img, bpp, tmp_path / "r.scz", steps=20, seed=1, progress=False)
+    r = encode_image(img, bpp, tmp_path / "r.scz", steps=10, seed=1, progress=False)
     assert abs(r.bpp - bpp) <= 0.1 * bpp, r.log
     assert r.nbytes == (tmp_path / "r.scz").stat().st_size
     assert abs(r.nbytes * 8 / (img.shape[0] * img.shape[1]) - r.bpp) < 1e-12
 
 
-def _rewrite(src, dst, meta_change=None, stream_change=None, method="image"):
-    code = read_code(src)
-    meta, streams = code_to_streams(code)
-    meta.update(meta_change or {})
-    streams.update(stream_change or {})
-    write_scz(dst, method, meta, streams)
+def _write(dst, data: bytes, method="image", metadata=None, extra=None):
+    streams = {STREAM: (np.frombuffer(data, np.uint8), "raw")}
+    streams.update(extra or {})
+    write_scz(dst, method, metadata or {}, streams)
     return dst
+
+
+def _with_head(data: bytes, index: int, value: int) -> bytes:
+    """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step) set to ``value``."""
+    head, pos = decode_varints(data, 0, 12)
+    head[index] = value
+    return encode_varints(head) + data[pos:]
+
+
+def test_single_stream_and_small_header(encoded):
+    _, path, result = encoded
+    scene = read_scz(path)
+    assert list(scene.streams) == [STREAM] and scene.metadata == {}
+    assert scene.header_nbytes < 200  # the JSON header is a small fixed cost, not one record per array
+    code = read_code(path)
+    assert unpack_code(pack_code(code), "t").equals(code)
 
 
 def test_decoder_checks_counts_and_shapes(encoded, tmp_path):
     _, path, _ = encoded
-    n = read_code(path).n
-    with pytest.raises(SceneFileError, match="n_gaussians|expected"):
-        read_code(_rewrite(path, tmp_path / "n.scz", {"n_gaussians": n + 1}))
-    with pytest.raises(SceneFileError, match="chol"):
-        read_code(_rewrite(path, tmp_path / "c.scz", stream_change={"chol": (np.zeros((n - 1, 3), np.uint8), "rans")}))
-    with pytest.raises(SceneFileError, match="pos_mant"):
-        read_code(_rewrite(path, tmp_path / "m.scz", stream_change={"pos_mant": (np.zeros(3, np.uint8), "raw")}))
+    code = read_code(path)
+    data = pack_code(code)
+    with pytest.raises(SceneFileError, match="bytes|symbols|truncated|left|corrupt"):
+        read_code(_write(tmp_path / "n.scz", _with_head(data, 2, code.n + 1)))
+    with pytest.raises(SceneFileError, match="truncated|left"):
+        read_code(_write(tmp_path / "c.scz", data[:-3]))
+    with pytest.raises(SceneFileError, match="unexpected bytes"):
+        read_code(_write(tmp_path / "e.scz", data + b"\x00"))
     with pytest.raises(SceneFileError, match="color_step_q"):
-        read_code(_rewrite(path, tmp_path / "s.scz", {"color_step_q": -1}))
+        read_code(_write(tmp_path / "s.scz", _with_head(data, 5, 61)))
     with pytest.raises(SceneFileError, match="outside"):
-        read_code(_rewrite(path, tmp_path / "w.scz", {"width": 1, "height": 1}))
+        read_code(_write(tmp_path / "w.scz", _with_head(_with_head(data, 0, 1), 1, 1)))
     with pytest.raises(SceneFileError, match="not an image"):
-        read_code(_rewrite(path, tmp_path / "x.scz", method="3dgs"))
-    data = path.read_bytes()
-    (tmp_path / "t.scz").write_bytes(data[:-5])
+        read_code(_write(tmp_path / "x.scz", data, method="3dgs"))
+    with pytest.raises(SceneFileError, match="exactly one stream"):
+        read_code(_write(tmp_path / "y.scz", data, extra={"more": (np.zeros(3, np.uint8), "raw")}))
+    with pytest.raises(SceneFileError, match="metadata"):
+        read_code(_write(tmp_path / "z.scz", data, metadata={"width": 3}))
+    # a valid code with a different colour step decodes to different colours: the step is really read
+    other = read_code(_write(tmp_path / "o.scz", pack_code(replace(code, color_step_q=code.color_step_q + 4))))
+    assert not np.array_equal(render_code(other), render_code(code))
+    file_bytes = path.read_bytes()
+    (tmp_path / "t.scz").write_bytes(file_bytes[:-5])
     with pytest.raises(SceneFileError):
         decode_image(tmp_path / "t.scz")
 
@@ -154,3 +181,22 @@ def test_fit_improves_psnr():
     before = psnr_of(m.render().detach(), img)
     after = fit(m, img, FitConfig(steps=40), progress=False)
     assert after > before + 2.0
+
+
+def test_pack_round_trip_both_table_kinds():
+    """Random integers: Laplace-like colours (geometric tables) and flat/bimodal Cholesky levels
+    (4-bit tables) come back exactly; an empty code too."""
+    rng = np.random.default_rng(3)
+    n = 300
+    q = np.stack([rng.integers(0, 4 * 50, n), rng.integers(0, 4 * 40, n)], -1)
+    order = morton_order(np.stack([q[:, 0], q[:, 1], np.zeros(n, dtype=np.int64)], -1))
+    chol = np.stack([rng.integers(0, 64, n), np.where(rng.random(n) < 0.5, 3, 60), rng.integers(10, 12, n)], -1)
+    color = np.rint(rng.laplace(0, [8.0, 2.0, 0.7], size=(n, 3))).astype(np.int16)
+    from scenezip.splatting.image_codec import ImageCode
+
+    code = ImageCode(50, 40, 2, 6, 22, np.array([[-64, -5, -64], [200, 7, 190]]), q[order], chol.astype(np.uint8), color)
+    data = pack_code(code)
+    assert unpack_code(data, "t").equals(code)
+    assert data[0] == 50 and len(data) < n * (18 + 18 + 12) / 8  # entropy coded, well under raw bits
+    empty = ImageCode(5, 4, 2, 6, 22, code.chol_range, q[:0], chol[:0].astype(np.uint8), color[:0])
+    assert unpack_code(pack_code(empty), "t").equals(empty)
