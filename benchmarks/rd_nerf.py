@@ -124,6 +124,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         d.text((8, py(yv) - 6), f"{yv:.1f}", fill="black")
     d.text((w // 2 - 60, h - 30), "file size (MB, log scale)", fill="black")
     d.text((8, 20), f"PSNR (dB) - {title}", fill="black")
+    target = math.log10(0.5)
+    if x0 <= target <= x1:  # the size target, 0.5 MB
+        for y in range(m, h - m, 8):
+            d.line([px(target), y, px(target), y + 4], fill=(150, 150, 150))
+        d.text((px(target) + 4, m + 4), "0.5 MB", fill=(120, 120, 120))
     colors = {"ngp": (30, 90, 200), "cngp": (200, 30, 30)}
     ly = m + 10
     for method in sorted({r["method"] for r in rows}):

@@ -542,7 +542,7 @@ def train_ngp(
                         rate = comp.rate_loss(model.field.grid.params)
                         loss = loss + (lam * every) * rate
                         rate_bits = float(rate.detach())
-                    elif step % 10 == 0 or step == config.steps or rate_bits != rate_bits:
+                    elif step % 10 == 0 or step == config.steps or math.isnan(rate_bits):
                         with torch.no_grad():
                             rate_bits = float(comp.rate_loss(model.field.grid.params))
                 optimizer.zero_grad(set_to_none=True)
