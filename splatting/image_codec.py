@@ -1,35 +1,50 @@
 """The ``image`` codec: an image as 2D Gaussians (GaussianImage, Zhang et al., ECCV 2024), quantized,
 entropy coded and written as a ``.scz`` file, with rate control to a requested bits per pixel.
 
-Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, ``quant.codecs``,
+Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, ``quant.entropy``,
 ``scenes.scz``). The bitstream, and why each part differs from GaussianImage's:
 
+- **Container**: one ``.scz`` stream ``code`` (codec ``raw``) and empty metadata, so the JSON header
+  is a fixed ~160 bytes instead of one ~110-byte record per array plus the metadata (about 730 bytes,
+  a quarter of a 0.5 bpp file at 256x170). Inside ``code``, in order: LEB128 varints ``width, height,
+  N, pos_frac_bits, chol_bits, color_step_q`` and the six zigzag Cholesky-range integers; then, for
+  ``N > 0``, the position exponents (an entropy-coded section), the packed position mantissas
+  (``ceil(bits / 8)`` bytes, the count follows from the exponents), three Cholesky channels and three
+  colour channels (entropy-coded sections). A section is a table (below), a varint count of 32-bit
+  words and the rANS payload of :func:`scenezip.quant.entropy.encode`.
+- **Tables** (per channel, because luma, chroma and the three Cholesky entries have different laws):
+  kind 0 is a two-sided geometric law over ``[lo, hi]`` given by its mode and an 8-bit decay (4-6
+  bytes), kind 1 a 4-bit log-count per symbol of ``[lo, hi]`` (weights ``round(2**(0.75 (e - 1)))``);
+  the encoder writes whichever makes the section shorter. Both are turned into integer frequencies
+  summing to ``2**16`` (or more for large alphabets) with integer arithmetic only, so the decoder
+  rebuilds exactly the encoder's table. A stored full-precision table (``quant.codecs``' ``rans``)
+  cost 100-300 bytes per array here.
 - **Positions** (GaussianImage: fp16, 32 bits per Gaussian): clamped to the image and rounded to a
   grid of ``2**-pos_frac_bits`` pixels, sorted by their 2D Morton code (Z-order; the order comes from
   :func:`scenezip.quant.morton.morton_order` with ``z = 0``), and the non-negative differences ``d`` of
-  consecutive codes are split Elias-gamma style into an exponent ``e = bit_length(d)`` (stream
-  ``pos_exp``, ``rans`` with a stored integer table) and the ``e - 1`` bits below the leading one
-  (stream ``pos_mant``, packed most significant bit first, ``raw``: those bits are close to uniform, so
-  an entropy coder would gain nothing and its table would cost bytes). Sorting discards the order of the
-  Gaussians, which the sum does not need, and that saves ``log2(N!) / N`` bits per Gaussian. A ``rans``
-  table over the raw deltas would hold nearly one entry per Gaussian, so the split is what makes the
-  deltas codeable.
+  consecutive codes are split Elias-gamma style into an exponent ``e = bit_length(d)`` (entropy coded)
+  and the ``e - 1`` bits below the leading one (raw: those bits are close to uniform). Sorting discards
+  the order of the Gaussians, which the sum does not need, and that saves ``log2(N!) / N`` bits per
+  Gaussian.
 - **Covariance** (GaussianImage: 6-bit Cholesky entries after training): the raw Cholesky factors
   ``(log l1, l2, log l3)`` are quantized with :class:`scenezip.quant.scalar.UniformQuantizer`
   (``chol_bits`` levels per channel over the range seen when quantization-aware training starts) in
-  ``"ste"`` mode, so the last training steps see exactly the decoded values; stream ``chol``, ``rans``.
+  ``"ste"`` mode, so the last training steps see exactly the decoded values.
 - **Colour** (GaussianImage: 2-stage residual VQ): scalar quantization with a fixed step in an
   orthonormal luma/chroma basis ``M`` (rows ``(1,1,1)/sqrt3, (1,0,-1)/sqrt2, (1,-2,1)/sqrt6``), with
   straight-through rounding in training. ``M`` is orthonormal, so the quantization error in RGB is the
-  same as with a step of the same size in RGB, while the decorrelated coordinates cost fewer bits;
-  the step is the rate controller's second knob. Stream ``color``, ``rans``. (Learning the step, as
-  LSQ does, would minimise distortion only: with no rate term in the loss it drives the step down.)
-- **Rate control**: the Gaussian count is the main knob. It is chosen from the target (bits per
-  Gaussian assumed at first), the model is fitted with 30% more Gaussians than that, then the least
-  important ones (smallest integrated colour mass) are dropped, bisecting on the count against the
-  exact size of the file that would be written. Quantization-aware fine-tuning follows, and a final
-  bisection trims what the fine-tuning added. If even every Gaussian stays more than the tolerance
-  under the target, the colour step is refined (no refit) until the size is within it.
+  same as with a step of the same size in RGB, while the decorrelated coordinates cost fewer bits.
+- **Rate control and settings**: the Gaussian count is the main knob. The count is first estimated by
+  bisecting the exact file size of an initial (unfitted) model, whose positions are spread like fitted
+  ones; the model is fitted with ``oversample`` times that many Gaussians. Then, for every quantizer
+  setting next to the requested one (position grid, Cholesky bits and colour step one notch either
+  way: 27 settings), the least important Gaussians (smallest integrated colour mass) are dropped,
+  bisecting on the count against the exact file size, and the decoded image is scored; the best
+  setting wins. This is the rate-distortion trade the optimizer itself does not make (there is no
+  rate term in the loss): on kodim03 at 256x170 and 0.5-1 bpp it picked coarser positions,
+  Cholesky factors and colours than the defaults and spent the bits on more Gaussians. Quantization-aware fine-tuning follows, and a
+  final bisection trims what the fine-tuning added. If even every Gaussian stays more than the
+  tolerance under the target, the colour step is refined (no refit) until the size is within it.
 
 Decoding (:func:`decode_image`) reads only integers and the float64 constants stored in the header,
 checks every count and shape against the metadata (``SceneFileError`` otherwise), and dequantizes
