@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from scenezip.cli_mesh import colorize_depth, colorize_normals, render_depth_normal_image
+from types import SimpleNamespace
+
+from scenezip.cli_mesh import colorize_depth, colorize_normals, render_depth_normal_image, write_geometry_renders
 from scenezip.errors import ScenezipError
 from scenezip.scenes.loader import load_dataset
 from scenezip.scenes.procedural import load_scene_json, make_scene, sample_surface, write_procedural_scene
@@ -18,6 +20,7 @@ from scenezip.splatting.gaussians import PARAM_NAMES, GaussianModel
 from scenezip.splatting.geometry import (
     chamfer_distance,
     depth_error,
+    geometry_errors,
     import_open3d,
     nearest_distances,
     normal_angle_error,
@@ -110,6 +113,28 @@ def test_depth_and_normal_images(flat_scene):
     n = np.zeros((1, 2, 3))
     n[0, 0] = [0.0, 0.0, 1.0]
     assert colorize_normals(n, np.array([[True, False]])).tolist() == [[[128, 128, 255], [0, 0, 0]]]
+
+
+def test_geometry_errors_and_geometry_render_files(flat_scene, tmp_path):
+    ds, model, gt, _ = flat_scene
+    mask = _face_interiors(gt)[:2]
+    e = geometry_errors(model, ds.cameras[[0, 1]], gt["depth"][:2], gt["normal"][:2], mask, backend="torch",
+                        surfel_depth="intersection")  # fmt: skip
+    assert e["normal_deg"] < 2.0 and e["depth_rel"] < 0.01 and e["n_pixels"] == int(mask.sum())
+    wrong = geometry_errors(model, ds.cameras[[1, 0]], gt["depth"][:2], gt["normal"][:2], mask, backend="torch")
+    assert wrong["depth_rel"] > 0.03
+    paths = write_geometry_renders(SimpleNamespace(model=model), ds, [0, 1], "normal", tmp_path / "n",
+                                   backend="torch", progress=False)  # fmt: skip
+    assert [p.name for p in paths] == [ds.image_paths[0].stem + ".png", ds.image_paths[1].stem + ".png"]
+    img = iio.imread(paths[1])
+    assert img.shape == (32, 32, 3) and np.array_equal(img, render_depth_normal_image(model, ds.cameras[[1]], "normal",
+                                                                                      backend="torch"))  # fmt: skip
+    assert not list((tmp_path / "n").glob("*.tmp.png"))
+    with pytest.raises(ScenezipError, match="mode"):
+        write_geometry_renders(SimpleNamespace(model=model), ds, [0], "rgb", tmp_path / "x", progress=False)
+    with pytest.raises(ScenezipError, match="ngp scenes"):
+        write_geometry_renders(SimpleNamespace(model=torch.nn.Linear(1, 1), method="ngp"), ds, [0], "depth",
+                               tmp_path / "x", progress=False)  # fmt: skip
 
 
 def test_tsdf_mesh_of_true_surfels_lies_on_the_true_surface(flat_scene, tmp_path):
