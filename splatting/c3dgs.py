@@ -45,22 +45,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scenezip.errors import SceneFileError
-from scenezip.fields.color_field import DEFAULT_BOUNDS, ColorField, ColorFieldConfig
-from scenezip.quant.codecs import dequantize_uniform, get_codec, quantize_uniform
+from scenezip.fields.color_field import DEFAULT_BOUNDS, ColorField, ColorFieldConfig, contract
+from scenezip.fields.hash_codec import HashTableCompressor, decode_hash_table, encode_hash_table
+from scenezip.quant.codecs import dequantize_uniform, quantize_uniform
 from scenezip.quant.mask import MASK_INIT_LOGIT, MASK_THRESHOLD, apply_mask, keep_indices
-from scenezip.quant.morton import morton_order
+from scenezip.quant.morton import morton_encode, morton_order
 from scenezip.quant.rvq import ResidualVQ, rvq_decode, rvq_encode
 from scenezip.quant.scalar import zero_small
-from scenezip.splatting.gaussians import GaussianModel
+from scenezip.splatting.gaussians import GaussianModel, save_model_dict
 
 METHOD = "c3dgs"
 MODEL_FORMAT = "scenezip.c3dgs_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: positions as split Morton codes, hash table by fields.hash_codec (1 is not read)
 SPLAT_NAMES = ("means", "quats", "scales", "opacities", "masks")
 POSITION_BITS = 16
+MAX_POSITION_BITS = 21  # Morton codes of 3 x 21 bits fit 63 bits
 OPACITY_BITS = 8
 HASH_BITS = 8
-HASH_ZERO_THRESHOLD = 0.1  # Compact-3DGS zeroes hash values with |v| <= 0.1 before quantizing
+HASH_ZERO_THRESHOLD = 0.1  # without a trained hash codec, |v| <= this is zeroed before coding (Compact-3DGS)
+HASH_PREFIX = "hash"
 
 
 def _range(x: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +76,103 @@ def _range(x: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarr
 def _floats(v: Any) -> list[float] | float:
     a = np.asarray(v, dtype=np.float64)
     return float(a) if a.ndim == 0 else [float(t) for t in a]
+
+
+_COMPACT = (
+    (2, 0x10C30C30C30C30C3),
+    (4, 0x100F00F00F00F00F),
+    (8, 0x1F0000FF0000FF),
+    (16, 0x1F00000000FFFF),
+    (32, 0x1FFFFF),
+)
+
+
+def _compact_bits(v: np.ndarray) -> np.ndarray:
+    """Inverse of Morton spreading: bits 0, 3, 6, ... of ``[N]`` uint64 -> ``[N]`` uint64 below 2^21."""
+    v = v & np.uint64(0x1249249249249249)
+    for shift, mask in _COMPACT:
+        v = (v | (v >> np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def morton_decode(codes: np.ndarray) -> np.ndarray:
+    """Integer points ``[N, 3]`` uint64 of Morton codes ``[N]`` (inverse of ``quant.morton.morton_encode``)."""
+    c = np.asarray(codes).astype(np.uint64)
+    return np.stack([_compact_bits(c >> np.uint64(k)) for k in range(3)], axis=1)
+
+
+def _pack_low(low: np.ndarray, n_low: int) -> np.ndarray:
+    """``[N]`` uint64 values below ``2^n_low`` -> ``[ceil(N n_low / 8)]`` uint8, LSB first, pad bits 0."""
+    if n_low == 0:
+        return np.zeros(0, dtype=np.uint8)
+    bits = ((low[:, None] >> np.arange(n_low, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little")
+
+
+def _unpack_low(packed: np.ndarray, n: int, n_low: int) -> np.ndarray:
+    """Inverse of :func:`_pack_low`: ``[n]`` uint64."""
+    if n_low == 0:
+        return np.zeros(n, dtype=np.uint64)
+    bits = np.unpackbits(packed, bitorder="little")[: n * n_low].reshape(n, n_low).astype(np.uint64)
+    return (bits << np.arange(n_low, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def encode_positions(q_pos: np.ndarray, bits: int) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
+    """Split-Morton coding of Morton-sorted integer points ``q_pos [N, 3]`` (each below ``2^bits``).
+
+    The sorted codes ``c`` (``3 bits`` bits) are split at ``low_bits`` = L: the high parts ``c >> L``
+    rise, so their deltas (first one 0, the first high part goes to the metadata) are small and go to
+    ``rans`` (``position_high``, uint32); the low ``L`` bits are near uniform and are packed
+    (``position_low``, uint8, ``raw`` unless ``rans`` of the bytes is smaller, as on lattices). This is Elias-Fano coding with an entropy-coded upper half: about
+    ``3 bits - log2 N + 2`` bits a point instead of ``3 bits``. L is chosen by measured size.
+    Returns ``(metadata, streams)``."""
+    from scenezip.quant.codecs import get_codec
+
+    codes = morton_encode(q_pos).astype(np.uint64)
+    if codes.size > 1 and bool(np.any(codes[1:] < codes[:-1])):
+        raise ValueError("q_pos must be sorted by Morton code")
+    n, total = codes.size, 3 * bits
+    centre = int(np.clip(np.floor(np.log2(max(2.0 ** total / max(n, 1), 1.0))), 0, total))
+    best = None
+    for n_low in range(max(0, centre - 3), min(total, centre + 3) + 1):
+        high = codes >> np.uint64(n_low)
+        delta = np.diff(high, prepend=high[:1])
+        if delta.size and int(delta.max()) >= 1 << 32:
+            continue
+        d32 = delta.astype(np.uint32)
+        low = _pack_low(codes & np.uint64((1 << n_low) - 1), n_low)
+        low_codec = "rans" if low.size and len(get_codec("rans").encode(low)[0]) < low.size else "raw"
+        size = len(get_codec("rans").encode(d32)[0]) + len(get_codec(low_codec).encode(low)[0])
+        if best is None or size < best[0]:
+            best = (size, n_low, int(high[0]) if n else 0, d32, low, low_codec)
+    _, n_low, first, d32, low, low_codec = best
+    meta = {"bits": bits, "low_bits": n_low, "first_high": first}
+    return meta, {"position_high": (d32, "rans"), "position_low": (low, low_codec)}
+
+
+def decode_positions(high_deltas: np.ndarray, low: np.ndarray, meta: dict, n: int, source: str) -> np.ndarray:
+    """Inverse of :func:`encode_positions`: ``[n, 3]`` uint64 integer points; checks every count and range."""
+    bits = meta["bits"]
+    n_low, first = meta.get("low_bits"), meta.get("first_high")
+    total = 3 * bits
+    if not isinstance(n_low, int) or isinstance(n_low, bool) or not 0 <= n_low <= total:
+        _fail(source, f"metadata positions.low_bits must be an integer in [0, {total}], got {n_low!r}")
+    if not isinstance(first, int) or isinstance(first, bool) or not 0 <= first < 1 << (total - n_low):
+        _fail(source, f"metadata positions.first_high must be an integer in [0, 2^{total - n_low}), got {first!r}")
+    if high_deltas.shape != (n,) or high_deltas.dtype != np.uint32:
+        _fail(source, f"stream 'position_high' must be uint32 [{n}], got {high_deltas.dtype.name} {list(high_deltas.shape)}")
+    want = ((n * n_low + 7) // 8,)
+    if low.shape != want or low.dtype != np.uint8:
+        _fail(source, f"stream 'position_low' must be uint8 {list(want)}, got {low.dtype.name} {list(low.shape)}")
+    if n_low and np.unpackbits(low, bitorder="little")[n * n_low :].any():
+        _fail(source, "stream 'position_low' has pad bits set")
+    if n and int(high_deltas[0]) != 0:
+        _fail(source, "stream 'position_high' must start with 0")
+    high = np.uint64(first) + np.cumsum(high_deltas.astype(np.uint64), dtype=np.uint64)  # n < 2^32: no overflow
+    if n and int(high[-1]) >= 1 << (total - n_low):
+        _fail(source, f"stream 'position_high' runs past {total} code bits")
+    codes = (high << np.uint64(n_low)) | _unpack_low(low, n, n_low)
+    return morton_decode(codes)
 
 
 class C3DGSModel(nn.Module):
@@ -91,6 +191,10 @@ class C3DGSModel(nn.Module):
         mask_threshold: hard-mask threshold on ``sigmoid(mask logit)``.
         backend: hash-grid backend of the colour field.
         seed: initialization seed of the colour field and the codebooks.
+        hash_codec: settings of a :class:`~scenezip.fields.hash_codec.HashTableCompressor` the colour
+            field reads its table through in training (``bits``, ``mask_start``, ``qat_start``), or None
+            (plain table; coding then fits per-level steps to the trained table).
+        position_bits: bits per axis of the stored positions (1..21).
     """
 
     def __init__(
@@ -108,8 +212,12 @@ class C3DGSModel(nn.Module):
         mask_threshold: float = MASK_THRESHOLD,
         backend: Literal["auto", "torch", "cuda"] = "auto",
         seed: int = 0,
+        hash_codec: dict | None = None,
+        position_bits: int = POSITION_BITS,
     ) -> None:
         super().__init__()
+        if isinstance(position_bits, bool) or not isinstance(position_bits, int) or not 1 <= position_bits <= 21:
+            raise ValueError(f"position_bits must be an integer in [1, {MAX_POSITION_BITS}], got {position_bits!r}")
         if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[1] != 3:
             raise ValueError(f"means must have shape [N, 3], got {tuple(getattr(means, 'shape', ()))}")
         n = means.shape[0]
@@ -129,6 +237,15 @@ class C3DGSModel(nn.Module):
         self.rot_vq = ResidualVQ(4, rvq_stages, rvq_codebook_size, seed=seed + 1)
         self.use_rvq = bool(use_rvq)
         self.mask_threshold = float(mask_threshold)
+        self.position_bits = int(position_bits)
+        self.seed = int(seed)  # the R-VQ k-means seed when the codebooks are first fitted (kept for resumption)
+        self.hash_codec_settings = None if hash_codec is None else dict(hash_codec)
+        self.hash_codec = None
+        if hash_codec is not None:
+            allowed = {"bits", "mask_start", "qat_start"}
+            if not isinstance(hash_codec, dict) or not set(hash_codec) <= allowed:
+                raise ValueError(f"hash_codec must be a dict with keys among {sorted(allowed)}, got {hash_codec!r}")
+            self.hash_codec = HashTableCompressor(self.color_field.grid, **hash_codec)
         # Frozen models (decoded / post-processed) hold their R-VQ indices; live models hold None.
         self.register_buffer("scale_indices", None)
         self.register_buffer("rot_indices", None)
@@ -192,6 +309,25 @@ class C3DGSModel(nn.Module):
         return {"means": s["means"], "quats": quats, "scales": scales, "opacities": opacities, "rvq_loss": loss}
 
     # ------------------------------------------------------------------ rendering
+    def grid_features(self, means: Tensor) -> Tensor | None:  # [N, 3] -> [N, n_levels * F] or None
+        """Hash-grid features read through the training-time hash codec (masked, quantized as the file
+        will hold the table), or None when there is none (the colour field reads its table itself)."""
+        codec = self.hash_codec
+        if codec is None or not codec.enabled or self.frozen:
+            return None
+        field = self.color_field
+        grid = field.grid
+        table = codec(grid.params)
+        x = means if field.config.position_gradient else means.detach()
+        u = contract(x.float(), field.bounds, field.config.contraction)
+        return grid(u, table)
+
+    def hash_rate_loss(self) -> Tensor:
+        """Estimated bits per hash-table parameter of the coded table (0 without a hash codec)."""
+        if self.hash_codec is None or self.frozen:
+            return self.splats["means"].new_zeros(())
+        return self.hash_codec.rate_loss(self.color_field.grid.params)
+
     def render(
         self,
         viewmats: Tensor,
@@ -226,7 +362,7 @@ class C3DGSModel(nn.Module):
         if backgrounds is not None and (backgrounds.dim() != 2 or backgrounds.shape[0] != c):
             raise ValueError(f"backgrounds must have shape [{c}, D], got {tuple(backgrounds.shape)}")
         a = self.activated()
-        colors = self.color_field.colors_for_cameras(a["means"], viewmats)  # [C, N, 3]
+        colors = self.color_field.colors_for_cameras(a["means"], viewmats, self.grid_features(a["means"]))
         outs, alphas, metas = [], [], []
         for i in range(c):
             col, alpha, meta = rasterization(
@@ -252,6 +388,9 @@ class C3DGSModel(nn.Module):
                 "rvq_stages": self.scale_vq.n_stages,
                 "rvq_codebook_size": self.scale_vq.codebook_size,
                 "mask_threshold": self.mask_threshold,
+                "hash_codec": self.hash_codec_settings,
+                "position_bits": self.position_bits,
+                "seed": self.seed,
             },
             "state": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
@@ -267,7 +406,10 @@ class C3DGSModel(nn.Module):
             model = cls(z(n, 3), z(n, 4), z(n, 3), z(n), None, ColorFieldConfig(**init["color_config"]),
                         use_rvq=bool(init["use_rvq"]), rvq_stages=int(init["rvq_stages"]),
                         rvq_codebook_size=int(init["rvq_codebook_size"]),
-                        mask_threshold=float(init["mask_threshold"]), backend="torch")  # fmt: skip
+                        mask_threshold=float(init["mask_threshold"]), backend="torch",
+                        hash_codec=init.get("hash_codec"),
+                        position_bits=int(init.get("position_bits", POSITION_BITS)),
+                        seed=int(init.get("seed", 0)))  # fmt: skip
             for name in ("scale_indices", "rot_indices"):
                 if name in state:
                     setattr(model, name, state[name].clone())
@@ -278,21 +420,13 @@ class C3DGSModel(nn.Module):
 
     def save(self, path: Any) -> Any:
         """Write :meth:`to_dict` with ``torch.save`` via a temporary name; returns the path."""
-        import os
-        from pathlib import Path
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        return save_model_dict(self.to_dict(), path)
 
     # ------------------------------------------------------------------ post-processing and coding
     @torch.no_grad()
-    def _post_process(self, hash_zero_threshold: float) -> tuple[dict, dict[str, np.ndarray]]:
-        """``(metadata, arrays)``: the integer codes and float16 tables a file stores (see the module
-        docstring); shared by :meth:`to_streams` and :meth:`quantized_copy`."""
+    def _post_process(self, hash_zero_threshold: float) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
+        """``(metadata, streams)``: the integer codes and float16 tables a file stores, with their codecs
+        (see the module docstring); shared by :meth:`to_streams` and :meth:`quantized_copy`."""
         if self.frozen:
             raise ValueError("this model is already post-processed (decoded); it has no float attributes to code")
         if self.scale_vq.codebook_size > 1 << 16:
@@ -305,10 +439,10 @@ class C3DGSModel(nn.Module):
             raise ValueError("every Gaussian is masked out; nothing to store")
         means = s["means"][keep].numpy()
         p_lo, p_hi = _range(means, axis=0)
-        q_pos = quantize_uniform(means, p_lo, p_hi, POSITION_BITS)  # uint16 [K, 3]
+        q_pos = quantize_uniform(means, p_lo, p_hi, self.position_bits)  # [K, 3]
         order = morton_order(q_pos)
         perm = keep[torch.from_numpy(order)]
-        q_pos = q_pos[order]
+        pos_meta, pos_streams = encode_positions(q_pos[order], self.position_bits)
 
         logits = s["opacities"][perm].numpy()
         o_lo, o_hi = _range(logits)
@@ -320,9 +454,17 @@ class C3DGSModel(nn.Module):
         i_s = rvq_encode(torch.exp(s["scales"][perm]), cb_s.float()).numpy().astype(idx_dtype)
         i_r = rvq_encode(F.normalize(s["quats"][perm], dim=-1), cb_r.float()).numpy().astype(idx_dtype)
 
-        table = zero_small(self.color_field.grid.params.detach().cpu().numpy(), hash_zero_threshold)
-        h_lo, h_hi = _range(table)
-        q_hash = quantize_uniform(table, h_lo, h_hi, HASH_BITS)
+        table = self.color_field.grid.params.detach().cpu()
+        codec = self.hash_codec
+        if codec is None:  # plain table: per-level steps fitted now (absmax, nothing clipped), nothing masked
+            codec = HashTableCompressor(self.color_field.grid.config, bits=HASH_BITS)
+            if hash_zero_threshold > 0:
+                table = torch.from_numpy(zero_small(table.numpy(), hash_zero_threshold))
+        else:
+            codec = codec.cpu()
+        hash_meta, hash_streams = encode_hash_table(table, codec, prefix=HASH_PREFIX)
+        if self.hash_codec is not None:
+            self.hash_codec.to(self.device)
         mlp = self.color_field.mlp_params_fp16().numpy()
 
         cfg = self.color_field.config
@@ -330,7 +472,7 @@ class C3DGSModel(nn.Module):
             "c3dgs_version": FORMAT_VERSION,
             "n_gaussians": int(perm.numel()),
             "mask_threshold": self.mask_threshold,
-            "positions": {"bits": POSITION_BITS, "lo": _floats(p_lo), "hi": _floats(p_hi), "order": "morton"},
+            "positions": {"lo": _floats(p_lo), "hi": _floats(p_hi), "order": "morton", **pos_meta},
             "opacities": {"bits": OPACITY_BITS, "domain": "logit", "lo": _floats(o_lo), "hi": _floats(o_hi)},
             "rvq": {
                 "scales": {"dim": 3, "n_stages": self.scale_vq.n_stages, "codebook_size": self.scale_vq.codebook_size,
@@ -341,16 +483,16 @@ class C3DGSModel(nn.Module):
             "color_field": {
                 "config": dataclasses.asdict(cfg),
                 "bounds": self.color_field.bounds.detach().cpu().tolist(),
-                "hash": {"bits": HASH_BITS, "lo": _floats(h_lo), "hi": _floats(h_hi),
-                         "zero_threshold": float(hash_zero_threshold), "n_params": int(table.size)},  # fmt: skip
+                "hash": {**hash_meta, "zero_threshold": float(hash_zero_threshold)},
                 "mlp_n_params": int(mlp.size),
             },
         }
-        arrays = {
-            "positions": q_pos, "opacities": q_opa, "scale_indices": i_s, "scale_codebooks": cb_s.numpy(),
-            "rotation_indices": i_r, "rotation_codebooks": cb_r.numpy(), "hash_table": q_hash, "mlp": mlp,
+        streams = {
+            **pos_streams, "opacities": (q_opa, "rans"), "scale_indices": (i_s, "rans"),
+            "scale_codebooks": (cb_s.numpy(), "raw"), "rotation_indices": (i_r, "rans"),
+            "rotation_codebooks": (cb_r.numpy(), "raw"), **hash_streams, "mlp": (mlp, "raw"),
         }  # fmt: skip
-        return metadata, arrays
+        return metadata, streams
 
     def to_streams(
         self, hash_zero_threshold: float = HASH_ZERO_THRESHOLD
@@ -358,23 +500,15 @@ class C3DGSModel(nn.Module):
         """``(metadata, streams)`` for :func:`scenezip.scenes.scz.write_scz` (method ``"c3dgs"``).
 
         Codebooks that were never fitted (``use_rvq=False`` so far) are fitted by k-means first, in place.
-        ``hash_zero_threshold``: hash values with ``|v|`` at or below it are stored as 0."""
-        metadata, a = self._post_process(hash_zero_threshold)
-        codecs = {"positions": "rans-delta", "opacities": "rans", "scale_indices": "rans",
-                  "scale_codebooks": "raw", "rotation_indices": "rans", "rotation_codebooks": "raw",
-                  "hash_table": "rans", "mlp": "raw"}  # fmt: skip
-        # rans-delta wins on dense, surface-like scenes (100k Gaussians: 423 kB vs 600 kB raw) but loses to
-        # raw on small or scattered sets, where nearly every delta is distinct and the table dominates
-        # (2000 uniform random points: 23.6 kB vs 12 kB). The codec is named in the header, so keep the smaller.
-        pos_delta, _ = get_codec("rans-delta").encode(a["positions"])
-        if len(pos_delta) >= a["positions"].nbytes:
-            codecs["positions"] = "raw"
-        return metadata, {name: (arr, codecs[name]) for name, arr in a.items()}
+        ``hash_zero_threshold``: without a training-time hash codec, hash values with ``|v|`` at or below
+        it are stored as 0 (a model trained with one stores its masked, quantized table as trained)."""
+        return self._post_process(hash_zero_threshold)
 
     def quantized_copy(self, hash_zero_threshold: float = HASH_ZERO_THRESHOLD) -> "C3DGSModel":
         """The post-processed model (masked Gaussians dropped, Morton order, every attribute quantized)
         built in memory from the arrays :meth:`to_streams` would code; renders like the decoded file."""
-        metadata, arrays = self._post_process(hash_zero_threshold)
+        metadata, streams = self._post_process(hash_zero_threshold)
+        arrays = {name: arr for name, (arr, _) in streams.items()}
         return c3dgs_from_streams(arrays, metadata, "quantized copy").to(self.device)
 
 
@@ -410,10 +544,13 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     if not isinstance(metadata, dict):
         _fail(source, "metadata must be an object")
     version = _meta_int(metadata, "c3dgs_version", source, 1)
-    if version > FORMAT_VERSION:
-        _fail(source, f"stream version {version} is newer than {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        _fail(source, f"stream version {version} is not supported (this reader reads version {FORMAT_VERSION}"
+                      f"{'; re-encode older files with scenezip compress' if version < FORMAT_VERSION else ''})")
     n = _meta_int(metadata, "n_gaussians", source, 1)
     p_lo, p_hi, p_bits = _meta_range(metadata.get("positions"), "positions", source, 3)
+    if p_bits > MAX_POSITION_BITS:
+        _fail(source, f"metadata positions bits must be at most {MAX_POSITION_BITS}, got {p_bits}")
     o_lo, o_hi, o_bits = _meta_range(metadata.get("opacities"), "opacities", source, None)
     rvq = metadata.get("rvq")
     if not (isinstance(rvq, dict) and isinstance(rvq.get("scales"), dict) and isinstance(rvq.get("rotations"), dict)):
@@ -436,34 +573,35 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
         config = ColorFieldConfig(**cf["config"])
     except Exception as e:  # noqa: BLE001 - unknown keys or invalid values alike mean a bad file
         _fail(source, f"colour-field config is invalid ({e})")
-    h_lo, h_hi, h_bits = _meta_range(cf.get("hash"), "color_field.hash", source, None)
+    if not isinstance(cf.get("hash"), dict):
+        _fail(source, "metadata 'color_field.hash' is missing")
     try:
         threshold = float(metadata.get("mask_threshold", MASK_THRESHOLD))
         model = C3DGSModel(torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), None, config,
                            cf.get("bounds"), True, n_stages, book, threshold, backend="torch")  # fmt: skip
     except (ValueError, TypeError) as e:
         _fail(source, f"metadata does not describe a model ({e})")
-    n_hash = model.color_field.grid.params.numel()
     n_mlp = model.color_field.mlp.n_params()
-    if cf["hash"].get("n_params") != n_hash or cf.get("mlp_n_params") != n_mlp:
-        _fail(source, f"colour field holds {n_hash} hash / {n_mlp} MLP parameters, metadata says "
-                      f"{cf['hash'].get('n_params')!r} / {cf.get('mlp_n_params')!r}")  # fmt: skip
+    if cf.get("mlp_n_params") != n_mlp:
+        _fail(source, f"colour field holds {n_mlp} MLP parameters, metadata says {cf.get('mlp_n_params')!r}")
     ints = ("uint8", "uint16", "uint32")
     expect = {
-        "positions": ((n, 3), ints), "opacities": ((n,), ints), "scale_indices": ((n, n_stages), ints),
+        "opacities": ((n,), ints), "scale_indices": ((n, n_stages), ints),
         "rotation_indices": ((n, n_stages), ints), "scale_codebooks": ((n_stages, book, 3), ("float16",)),
-        "rotation_codebooks": ((n_stages, book, 4), ("float16",)), "hash_table": ((n_hash,), ints),
-        "mlp": ((n_mlp,), ("float16",)),
+        "rotation_codebooks": ((n_stages, book, 4), ("float16",)), "mlp": ((n_mlp,), ("float16",)),
+        "position_high": ((n,), ("uint32",)), "position_low": (None, ("uint8",)),
     }  # fmt: skip
     for name, (shape, dtypes) in expect.items():
         if name not in arrays:
             _fail(source, f"stream {name!r} is missing")
         a = arrays[name]
-        if tuple(a.shape) != shape:
+        if not isinstance(a, np.ndarray):
+            _fail(source, f"stream {name!r} is not an array")
+        if shape is not None and tuple(a.shape) != shape:
             _fail(source, f"stream {name!r} has shape {tuple(a.shape)}, expected {shape}")
         if a.dtype.name not in dtypes:
             _fail(source, f"stream {name!r} has dtype {a.dtype.name}, expected {' or '.join(dtypes)}")
-    for name, bits in (("positions", p_bits), ("opacities", o_bits), ("hash_table", h_bits)):
+    for name, bits in (("opacities", o_bits),):
         if bits > 32 or (arrays[name].size and int(arrays[name].max()) >= 1 << bits):
             _fail(source, f"stream {name!r} holds values beyond {bits} bits")
     for name in ("scale_indices", "rotation_indices"):
@@ -472,10 +610,12 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     for name in ("scale_codebooks", "rotation_codebooks", "mlp"):
         if not np.all(np.isfinite(arrays[name])):
             _fail(source, f"stream {name!r} holds non-finite values")
+    q_pos = decode_positions(arrays["position_high"], arrays["position_low"], metadata["positions"], n, source)
+    table = decode_hash_table(arrays, cf["hash"], config.hashgrid(), source)  # checks its own streams
 
     with torch.no_grad():
         s = model.splats
-        s["means"].copy_(torch.from_numpy(dequantize_uniform(arrays["positions"], p_lo, p_hi, p_bits)))
+        s["means"].copy_(torch.from_numpy(dequantize_uniform(q_pos, p_lo, p_hi, p_bits)))
         s["opacities"].copy_(torch.from_numpy(dequantize_uniform(arrays["opacities"], o_lo, o_hi, o_bits)))
         model.scale_vq.codebooks.copy_(torch.from_numpy(arrays["scale_codebooks"].astype(np.float32)))
         model.rot_vq.codebooks.copy_(torch.from_numpy(arrays["rotation_codebooks"].astype(np.float32)))
@@ -486,7 +626,6 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
         scales = rvq_decode(model.scale_indices, model.scale_vq.codebooks)
         s["scales"].copy_(torch.log(scales.abs().clamp_min(1e-12)))  # informative only: render uses the codes
         s["quats"].copy_(rvq_decode(model.rot_indices, model.rot_vq.codebooks))
-        grid = torch.from_numpy(dequantize_uniform(arrays["hash_table"], h_lo, h_hi, h_bits))
-        model.color_field.grid.params.copy_(grid)
+        model.color_field.grid.params.copy_(table)
         model.color_field.load_fp16(torch.from_numpy(arrays["mlp"]))
     return model

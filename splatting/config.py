@@ -167,7 +167,29 @@ class C3DGSConfig(GaussianTrainConfig):
     lr_codebooks: float = 1e-3
     """Learning rate of the R-VQ codebooks."""
     hash_zero_threshold: float = 0.1
-    """When coding, hash-table values with |v| at or below this are stored as 0 (Compact-3DGS: 0.1)."""
+    """Without hash_codec: when coding, hash-table values with |v| at or below this are stored as 0 (Compact-3DGS:
+    0.1). Unused with hash_codec (the table is stored as trained)."""
+    hash_codec: bool = True
+    """Train the colour field's hash table through a learned entry mask and per-level learned-step quantizer
+    (fields.hash_codec), rate-aware, and store it as trained; off: Compact-3DGS' zero-small + 8-bit table."""
+    hash_rate_lambda: float = 1e-3
+    """Weight of the hash table's estimated bits per parameter in the loss (hash_codec only); larger, smaller."""
+    hash_bits: int = 8
+    """Bits of the hash table's per-level quantizer (hash_codec only)."""
+    hash_qat_start: int = 15_000
+    """The hash table is quantized in training from this step on (reference-run steps; hash_codec only)."""
+    lr_hash_mask: float = 1e-2
+    """Learning rate of the hash table's entry-mask logits (hash_codec only)."""
+    lr_hash_step: float = 1e-3
+    """Learning rate of the hash table's per-level quantizer steps (hash_codec only)."""
+    color_warmup: int = 100
+    """Linear warm-up of the colour field's learning rate from 1% over this many steps (actual steps, not scaled:
+    Compact-3DGS' 100; without it the young hash table diverges, measured on the demo scene)."""
+    color_lr_decay_at: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)
+    """Fractions of the run after which the colour field's learning rate is multiplied by 0.33 (Compact-3DGS:
+    5k, 15k and 25k of 30k)."""
+    position_bits: int = 16
+    """Bits per axis of the stored positions over the kept Gaussians' bounding box (1..21)."""
 
 
 @dataclass

@@ -125,6 +125,16 @@ class C3DGSRecipe(Gaussian3DRecipe):
             raise ScenezipError(f"mask_prune_every must be >= 1, got {c.mask_prune_every}")
         if c.hash_zero_threshold < 0:
             raise ScenezipError(f"hash_zero_threshold must be >= 0, got {c.hash_zero_threshold}")
+        if c.hash_rate_lambda < 0 or not 2 <= c.hash_bits <= 16 or c.hash_qat_start < 0 or c.color_warmup < 0:
+            raise ScenezipError(
+                f"hash_rate_lambda, hash_qat_start and color_warmup must be >= 0 and hash_bits in 2..16, got "
+                f"{c.hash_rate_lambda}, {c.hash_qat_start}, {c.color_warmup}, {c.hash_bits}"
+            )
+        for name in ("lr_hash_mask", "lr_hash_step"):
+            if not getattr(c, name) > 0:
+                raise ScenezipError(f"{name} must be > 0, got {getattr(c, name)}")
+        if not 1 <= c.position_bits <= 21:
+            raise ScenezipError(f"position_bits must be in 1..21, got {c.position_bits}")
 
     def color_config(self, ds: Dataset) -> Any:
         from scenezip.fields.color_field import ColorFieldConfig
@@ -146,8 +156,16 @@ class C3DGSRecipe(Gaussian3DRecipe):
         bounds = torch.as_tensor(np.asarray(ds.bounds, dtype=np.float32))
         return C3DGSModel.from_gaussians(
             g, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
-            rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed,
+            rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
+            position_bits=c.position_bits,
         ).to(device)  # fmt: skip
+
+    def hash_codec_settings(self) -> dict | None:
+        """Settings of the model's training-time hash codec (None without ``hash_codec``)."""
+        c = self.config
+        if not c.hash_codec:
+            return None
+        return {"bits": c.hash_bits, "mask_start": 0, "qat_start": self.scaled(c.hash_qat_start)}
 
     def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:
         from scenezip.splatting.c3dgs import C3DGSModel
@@ -163,6 +181,10 @@ class C3DGSRecipe(Gaussian3DRecipe):
             model.color_field.param_groups(c.lr_color_grid, c.lr_color_mlp), eps=1e-15, betas=(0.9, 0.999)
         )
         opts["codebooks"] = _adam([model.scale_vq.codebooks, model.rot_vq.codebooks], c.lr_codebooks, "codebooks")
+        if getattr(model, "hash_codec", None) is not None:
+            opts["hash_codec"] = torch.optim.Adam(
+                model.hash_codec.param_groups(c.lr_hash_mask, c.lr_hash_step), eps=1e-15, betas=(0.9, 0.999)
+            )
         return opts
 
     def prune_fn(self, model: Any) -> Callable:
@@ -173,8 +195,9 @@ class C3DGSRecipe(Gaussian3DRecipe):
     def color_lr_factor(self, step: int) -> float:
         """Compact-3DGS' colour-field schedule at ``step``: warm-up, then x0.33 at 1/6, 1/2 and 5/6."""
         total = self.config.steps
-        warm = min(1.0, 0.01 + 0.99 * step / 100.0)
-        drops = sum(step >= round(total * f) for f in (1 / 6, 1 / 2, 5 / 6))
+        warmup = self.config.color_warmup
+        warm = min(1.0, 0.01 + 0.99 * step / warmup) if warmup > 0 else 1.0
+        drops = sum(step >= round(total * f) for f in self.config.color_lr_decay_at)
         return warm * 0.33**drops
 
     def rvq_active(self, step: int) -> bool:
@@ -186,6 +209,8 @@ class C3DGSRecipe(Gaussian3DRecipe):
         for group in optimizers["color"].param_groups:
             group["lr"] = (c.lr_color_grid if group["name"] == "color_grid" else c.lr_color_mlp) * f
         model.use_rvq = self.rvq_active(step)
+        if getattr(model, "hash_codec", None) is not None:
+            model.hash_codec.set_step(step)
 
     def render(self, model: Any, cam: Any, width: int, height: int, bg: Tensor, step: int, sh_degree: int,
                render_kw: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], Tensor | None]:  # fmt: skip
@@ -193,6 +218,8 @@ class C3DGSRecipe(Gaussian3DRecipe):
 
         colors, _, meta = model.render(cam.viewmats, cam.Ks, width, height, backgrounds=bg[None], **render_kw)
         extra = self.config.mask_lambda * soft_mask(model.splats["masks"]).mean() + meta["rvq_loss"]
+        if self.config.hash_rate_lambda > 0 and getattr(model, "hash_codec", None) is not None:
+            extra = extra + self.config.hash_rate_lambda * model.hash_rate_loss()
         return colors[0, ..., :3], meta["cameras"][0], extra
 
     def after_step(self, model: Any, optimizers: Mapping[str, torch.optim.Optimizer], step: int,

@@ -11,7 +11,12 @@ from scenezip.errors import SceneFileError
 from scenezip.fields.color_field import ColorFieldConfig
 from scenezip.quant.rvq import rvq_encode
 from scenezip.scenes.scz import decode_streams, read_scz, write_scz
-from scenezip.splatting.c3dgs import METHOD, C3DGSModel, c3dgs_from_streams
+from scenezip.fields.hashgrid import level_offsets
+from scenezip.quant.codecs import get_codec
+from scenezip.quant.morton import morton_encode
+from scenezip.splatting.c3dgs import (
+    FORMAT_VERSION, METHOD, C3DGSModel, c3dgs_from_streams, decode_positions, encode_positions, morton_decode,
+)
 from scenezip.splatting.gaussians import GaussianModel
 from scenezip.splatting.streams import gaussians_to_streams
 
@@ -117,10 +122,8 @@ def test_post_processed_values_respect_quantization_bounds(coded):
     dist = ((d.splats["means"].detach()[:, None] - means[None]).abs() <= step / 2 + 1e-7).all(-1)
     assert bool(dist.any(0).all()) and bool(dist.any(1).all())
     # Morton order: the decoded positions are sorted by their Morton code.
-    from scenezip.quant.morton import morton_encode
-
-    codes = morton_encode(arrays["positions"].astype(np.int64))
-    assert np.all(np.diff(codes) >= 0)
+    q = decode_positions(arrays["position_high"], arrays["position_low"], meta["positions"], len(d), "t")
+    assert np.all(np.diff(morton_encode(q.astype(np.int64))) >= 0)
     o = meta["opacities"]
     o_step = (o["hi"] - o["lo"]) / 255
     match = (d.splats["means"].detach()[:, None] - means[None]).abs().sum(-1).argmin(1)
@@ -128,10 +131,13 @@ def test_post_processed_values_respect_quantization_bounds(coded):
     assert float((d.splats["opacities"].detach() - logits).abs().max()) <= o_step / 2 + 1e-5
     h = d.color_field.grid.params.detach()
     h_mean = m.color_field.grid.params.detach()
-    small = h_mean.abs() <= 0.1
-    h_step = (meta["color_field"]["hash"]["hi"] - meta["color_field"]["hash"]["lo"]) / 255
-    assert float((h[~small] - h_mean[~small]).abs().max()) <= h_step / 2 + 1e-6
-    assert float(h[small].abs().max()) <= h_step / 2 + 1e-6  # zeroed entries decode to the level nearest 0
+    small = h_mean.abs() <= 0.1  # no training-time codec: Compact-3DGS' zeroing, then per-level steps
+    assert bool((h[small] == 0).all())
+    offs = [o * CFG.n_features_per_level for o in level_offsets(CFG.hashgrid())]
+    for level, step in enumerate(meta["color_field"]["hash"]["steps"]):
+        sl = slice(offs[level], offs[level + 1])
+        big = ~small[sl]
+        assert float((h[sl][big] - h_mean[sl][big]).abs().max()) <= step / 2 + 1e-6
 
 
 def test_rvq_indices_decode_to_the_quantized_scales_and_rotations(coded):
@@ -166,7 +172,10 @@ def test_file_is_far_smaller_than_3dgs(tmp_path):
     # R-VQ indices 2 x 9 kB (random rotations and scales, near 6 bits per stage), opacities 2.3 kB,
     # codebooks 5.4 kB, MLP 1.4 kB, header 2 kB. A trained scene's indices and positions code smaller.
     assert size_3 > 10 * size_c, (size_3, size_c)
-    assert streams["positions"][1] == "raw"
+    # Split Morton codes: about 48 - log2(2000) + 2 = 39 bits a point instead of 48 raw.
+    pos_bytes = len(get_codec("rans").encode(streams["position_high"][0])[0])
+    pos_bytes += streams["position_low"][0].nbytes
+    assert pos_bytes < 0.88 * 2000 * 6, pos_bytes
 
 
 def _corrupt(coded, edit):
@@ -187,6 +196,16 @@ def test_corrupted_metadata_raises(coded):
     _corrupt(coded, lambda md, a: md["positions"].__setitem__("hi", md["positions"]["lo"]))
     _corrupt(coded, lambda md, a: a.pop("mlp"))
     _corrupt(coded, lambda md, a: a.__setitem__("scale_indices", a["scale_indices"].astype(np.float32)))
+    _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION - 1))  # old files fail cleanly
+    _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION + 1))
+    _corrupt(coded, lambda md, a: md["positions"].__setitem__("low_bits", 99))
+    _corrupt(coded, lambda md, a: md["positions"].__setitem__("first_high", -1))
+    _corrupt(coded, lambda md, a: md["positions"].__setitem__("bits", 22))
+    _corrupt(coded, lambda md, a: a.__setitem__("position_low", a["position_low"][:-1]))
+    _corrupt(coded, lambda md, a: a.__setitem__("position_high", a["position_high"][1:]))
+    _corrupt(coded, lambda md, a: a["position_high"].__setitem__(-1, 2**31))  # runs past the code bits
+    _corrupt(coded, lambda md, a: a.pop(md["color_field"]["hash"]["value_streams"][0]))
+    _corrupt(coded, lambda md, a: md["color_field"]["hash"].__setitem__("steps", [-1.0]))
 
 
 def test_frozen_model_cannot_be_coded_again(coded):
@@ -195,17 +214,32 @@ def test_frozen_model_cannot_be_coded_again(coded):
         m.quantized_copy().to_streams()
 
 
-def test_dense_positions_use_rans_delta_and_round_trip(tmp_path):
-    # A 12^3 lattice: Morton-sorted deltas repeat, so rans-delta beats raw and is the codec written.
+def test_morton_decode_inverts_encode_and_positions_round_trip():
+    g = np.random.default_rng(0)
+    for bits in (1, 5, 16, 21):
+        q = g.integers(0, 1 << bits, size=(500, 3)).astype(np.int64)
+        q[:3] = [[0, 0, 0], [(1 << bits) - 1] * 3, [(1 << bits) - 1, 0, 0]]
+        assert np.array_equal(morton_decode(morton_encode(q)).astype(np.int64), q)
+        q = q[np.argsort(morton_encode(q), kind="stable")]
+        q[10] = q[9]  # a duplicate point: a zero delta
+        meta, streams = encode_positions(q, bits)
+        assert meta["bits"] == bits and streams["position_high"][0][0] == 0
+        back = decode_positions(streams["position_high"][0], streams["position_low"][0], meta, 500, "t")
+        assert np.array_equal(back.astype(np.int64), q)
+    with pytest.raises(ValueError, match="sorted"):
+        encode_positions(q[::-1].copy(), 21)
+
+
+def test_dense_positions_code_small_and_round_trip(tmp_path):
+    # A 12^3 lattice (1728 points, log2 = 10.8): split Morton codes need about 48 - 10.8 + 2 bits a point.
     ax = torch.linspace(-0.5, 0.5, 12)
     pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
     gm = GaussianModel.from_points(pts, torch.full_like(pts, 0.5), sh_degree=0)
     m = C3DGSModel.from_gaussians(gm, CFG, BOUNDS, backend="torch", rvq_stages=2, rvq_codebook_size=16)
     meta, streams = m.to_streams()
-    assert streams["positions"][1] == "rans-delta"
     write_scz(tmp_path / "d.scz", METHOD, meta, streams)
     scene = read_scz(tmp_path / "d.scz")
-    assert scene.streams["positions"].nbytes < streams["positions"][0].nbytes / 2
+    assert scene.streams["position_high"].nbytes + scene.streams["position_low"].nbytes < 12**3 * 6 * 0.85
     d = c3dgs_from_streams(decode_streams(scene), scene.metadata, "d.scz")
     assert len(d) == 12**3
     assert torch.equal(d.splats["means"].detach(), m.quantized_copy().splats["means"].detach())
@@ -222,3 +256,29 @@ def test_cli_loader_opens_c3dgs_files_and_renders_the_decoded_scene(coded):
     vm, K = _cameras()
     rgb, _ = scene.render(vm, K, 32, 24, backend="torch")
     torch.testing.assert_close(rgb, _render(m.quantized_copy()).clamp(0, 1), atol=0, rtol=0)
+
+
+def test_trained_hash_codec_is_stored_as_trained(tmp_path):
+    # A model that reads its table through a hash codec (masked + quantized) stores exactly that table.
+    m = C3DGSModel.from_gaussians(_gaussians(80, seed=5), CFG, BOUNDS, backend="torch", seed=5,
+                                  hash_codec={"bits": 6, "mask_start": 0, "qat_start": 0})  # fmt: skip
+    with torch.no_grad():
+        m.color_field.grid.params.copy_(torch.randn(m.color_field.grid.params.shape) * 0.3)
+        m.hash_codec.mask_logits[::3] = -8.0  # every third entry masked
+    vm, K = _cameras()
+    m.render(vm, K, 32, 24, backend="torch")[0].sum().backward()
+    assert m.hash_codec.mask_logits.grad is not None and float(m.hash_rate_loss()) > 0
+    meta, streams = m.to_streams()
+    write_scz(tmp_path / "h.scz", METHOD, meta, streams)
+    scene = read_scz(tmp_path / "h.scz")
+    d = c3dgs_from_streams(decode_streams(scene), scene.metadata, "h.scz")
+    want = m.hash_codec.quantized_table(m.color_field.grid.params.detach())
+    assert torch.equal(d.color_field.grid.params.detach(), want)
+    assert bool((want.view(-1, 2)[::3] == 0).all())
+    # The live model's features (through the codec) are the decoded model's features.
+    means = d.splats["means"].detach()
+    torch.testing.assert_close(m.grid_features(means), d.color_field.features(means), rtol=0, atol=0)
+    # to_dict / from_dict keep the codec's state (resumption).
+    back = C3DGSModel.from_dict(m.to_dict())
+    assert back.hash_codec is not None and torch.equal(back.hash_codec.mask_logits, m.hash_codec.mask_logits)
+    assert back.hash_codec.steps() == m.hash_codec.steps()
