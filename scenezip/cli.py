@@ -186,6 +186,8 @@ class RenderArgs:
     a video file (.mp4 or .gif)."""
     split: Literal["train", "val", "test", "all"] = "test"
     """Which cameras of the capture to render."""
+    mode: Literal["rgb", "depth", "normal"] = "rgb"
+    """What to render: colour, depth (colour-mapped) or normals (world space, (n + 1) / 2) of the capture's cameras."""
     orbit: bool = False
     """Render a video along an orbit fitted to the capture's cameras (or around the stored scene bounds)."""
     frames: int = 120
@@ -281,6 +283,12 @@ def cmd_render(args: RenderArgs) -> None:
         raise ScenezipError("--data is needed to render a capture's cameras (or use --orbit)")
     scene, ds, background, device = _open_for_rendering(args.file, args.data, args.downscale, args.backend)
     ids = ds.indices(args.split)
+    if args.mode != "rgb":
+        from scenezip.cli_mesh import write_geometry_renders
+
+        paths = write_geometry_renders(scene, ds, ids, args.mode, args.out, args.backend)
+        print(f"wrote {len(paths)} {args.mode} images to {args.out}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     for i in tqdm(ids, desc=f"render {args.split}", unit="view"):
         rgb = _render_view(scene, ds, int(i), background, device, args.backend)

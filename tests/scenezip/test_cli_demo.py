@@ -79,3 +79,17 @@ def test_orbit_video(demo, tmp_path, suffix):
     assert frames.std() > 5  # the scene is visible, not a blank frame
     # consecutive orbit frames differ: the camera moves
     assert abs(frames[0].astype(int) - frames[2].astype(int)).mean() > 1.0
+
+
+@pytest.mark.parametrize("mode", ["depth", "normal"])
+def test_render_geometry_modes(demo, tmp_path, mode):
+    out, _ = demo
+    dst = tmp_path / mode
+    run("render", str(out / "3dgs" / "scene.scz"), "--data", str(out / "data"), "--mode", mode, "--out", str(dst),
+        "--backend", "torch")  # fmt: skip
+    pngs = sorted(dst.glob("*.png"))
+    assert len(pngs) == 3
+    img = iio.imread(pngs[0])
+    assert img.shape == (24, 24, 3)
+    covered = img.reshape(-1, 3).max(axis=1) > 0  # background pixels are black, the object is not
+    assert 0.05 < covered.mean() < 1.0
