@@ -14,6 +14,7 @@ from scenezip.scenes.scz import read_scz, write_scz
 from scenezip.splatting.image_codec import (
     QuantConfig,
     STREAM,
+    _Sizer,
     code_to_model,
     decode_image,
     encode_image,
@@ -80,6 +81,7 @@ def test_round_trip_is_bit_exact(encoded, tmp_path):
     # the file holds exactly the integers it was written from: re-writing them gives the same bytes
     code = read_code(path)
     assert code.n == result.n_gaussians
+    assert _Sizer()(code) == path.stat().st_size  # the rate control's in-memory size is the file's size
     again = tmp_path / "b.scz"
     write_code(again, code)
     assert again.read_bytes() == path.read_bytes()
