@@ -8,7 +8,10 @@ it:
 2. colour: a hash-grid colour field (:class:`~scenezip.fields.color_field.ColorField`) is *distilled* from
    the SH colours: random (Gaussian, view direction) pairs, Adam on the mean squared difference between
    the field's colour and the clamped SH colour ``max(SH(d) + 0.5, 0)`` the rasterizer would use; the
-   RMS error on held-out pairs is reported;
+   RMS error on held-out pairs is reported. The field reads its table through the model's hash codec
+   (:mod:`scenezip.fields.hash_codec`: entry masks, per-level quantization from half-way) with
+   ``rate_lambda`` times its estimated bits per parameter added to the loss, so the table is stored as
+   distilled and costs what the rate term allowed;
 3. geometry: R-VQ codebooks for scale and rotation fitted by k-means (at coding time);
 4. optional fine-tuning on the capture (``--data``): the c3dgs trainer continues from the converted
    model without densification, with R-VQ active in the second half.
@@ -32,6 +35,9 @@ from scenezip.render.sh import spherical_harmonics
 from scenezip.splatting.c3dgs import MODEL_FORMAT, C3DGSModel
 from scenezip.splatting.gaussians import FORMAT as GAUSSIANS_FORMAT
 from scenezip.splatting.gaussians import GaussianModel
+
+
+DISTILL_RATE_LAMBDA = 3e-3  # weight of the hash table's bits per parameter against the colour MSE
 
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -101,10 +107,13 @@ def distill_color_field(
     lr: float = 1e-2,
     seed: int = 0,
     progress: bool = True,
+    rate_lambda: float = 0.0,
 ) -> float:
-    """Fit ``model.color_field`` to the SH colours of ``source`` (same Gaussians, same order).
+    """Fit ``model.color_field`` to the SH colours of ``source`` (same Gaussians, same order); with a hash
+    codec on ``model``, through it, plus ``rate_lambda`` times its rate term.
 
-    Returns the RMS colour error (0..1 units) on 4096 held-out random (Gaussian, direction) pairs."""
+    Returns the RMS colour error (0..1 units) on 4096 held-out random (Gaussian, direction) pairs, with
+    the table as the file will hold it."""
     from tqdm.auto import tqdm
 
     if len(model) != len(source):
@@ -113,8 +122,14 @@ def distill_color_field(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     means = model.splats["means"].detach()
     field = model.color_field
-    opt = torch.optim.Adam(field.param_groups(lr, lr), eps=1e-15)
+    codec = model.hash_codec
+    groups = field.param_groups(lr, lr) + ([] if codec is None else codec.param_groups(1e-2, 1e-4))
+    opt = torch.optim.Adam(groups, eps=1e-15)
     n = len(model)
+
+    def colors(idx: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        feats = model.grid_features(means[idx])
+        return field(means[idx], d) if feats is None else field.colors_from_features(feats, d)
 
     def pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, n, (k,), generator=gen).to(dev)
@@ -123,16 +138,22 @@ def distill_color_field(
 
     for step in tqdm(range(steps), desc="distil colour", disable=not progress, dynamic_ncols=True):
         for g in opt.param_groups:
-            g["lr"] = lr * (0.1 ** (step / max(steps, 1)))
+            if g["name"].startswith("color_"):
+                g["lr"] = lr * (0.1 ** (step / max(steps, 1)))
+        if codec is not None:
+            codec.set_step(step)
         idx, d = pairs(min(batch, max(n, 1) * 4))
-        pred = field(means[idx], d)
-        loss = torch.mean((pred - _sh_colors(source, idx, d)) ** 2)
+        loss = torch.mean((colors(idx, d) - _sh_colors(source, idx, d)) ** 2)
+        if codec is not None and rate_lambda > 0:
+            loss = loss + rate_lambda * model.hash_rate_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
         idx, d = pairs(4096)
-        err = torch.sqrt(torch.mean((field(means[idx], d) - _sh_colors(source, idx, d)) ** 2))
+        if codec is not None:
+            codec.set_step(max(steps, codec.qat_start))  # the table as stored: masked and quantized
+        err = torch.sqrt(torch.mean((colors(idx, d) - _sh_colors(source, idx, d)) ** 2))
     return float(err)
 
 
@@ -145,9 +166,12 @@ def gaussians_to_c3dgs(
     rvq_codebook_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    hash_rate_lambda: float = DISTILL_RATE_LAMBDA,
 ) -> tuple[C3DGSModel, dict[str, Any]]:
     """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
-    counts before and after pruning and the distillation RMS error."""
+    counts before and after pruning and the distillation RMS error. ``hash_rate_lambda`` weighs the hash
+    table's rate term in the distillation (0: no training-time codec; the table is then coded with
+    Compact-3DGS' zeroing of small values)."""
     if not isinstance(source, GaussianModel):
         raise ValueError(f"source must be a GaussianModel, got {type(source).__name__}")
     n0 = len(source)
@@ -156,10 +180,12 @@ def gaussians_to_c3dgs(
         raise ScenezipError(f"every Gaussian has opacity below prune_opacity={prune_opacity}")
     kept = GaussianModel(*(source.splats[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
     cfg = color_config or auto_color_config(len(kept))
+    codec = {"bits": 8, "mask_start": 0, "qat_start": distill_steps // 2} if hash_rate_lambda > 0 else None
     model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
                                       rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size,
-                                      backend="auto", seed=seed)  # fmt: skip
-    rms = distill_color_field(model, kept, steps=distill_steps, seed=seed, progress=progress)
+                                      backend="auto", seed=seed, hash_codec=codec)  # fmt: skip
+    rms = distill_color_field(model, kept, steps=distill_steps, seed=seed, progress=progress,
+                              rate_lambda=hash_rate_lambda)  # fmt: skip
     model.init_rvq()
     model.use_rvq = True
     return model, {"n_input": n0, "n_kept": len(kept), "distill_rms": rms,

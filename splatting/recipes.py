@@ -133,7 +133,7 @@ class C3DGSRecipe(Gaussian3DRecipe):
         for name in ("lr_hash_mask", "lr_hash_step"):
             if not getattr(c, name) > 0:
                 raise ScenezipError(f"{name} must be > 0, got {getattr(c, name)}")
-        if not 1 <= c.position_bits <= 21:
+        if c.position_bits is not None and not 1 <= c.position_bits <= 21:
             raise ScenezipError(f"position_bits must be in 1..21, got {c.position_bits}")
 
     def color_config(self, ds: Dataset) -> Any:
@@ -145,7 +145,7 @@ class C3DGSRecipe(Gaussian3DRecipe):
             pixels = int(ds.cameras.widths[0]) * int(ds.cameras.heights[0])
             log2 = 14 if pixels < 65536 else 16 if ds.meta.get("layout") == "object" else 19
         return ColorFieldConfig(n_levels=c.color_levels, log2_hashmap_size=int(log2),
-                                view_sh_degree=c.color_view_sh_degree)  # fmt: skip
+                                view_sh_degree=c.color_view_sh_degree, hidden_dim=c.color_hidden_dim)  # fmt: skip
 
     def init_model(self, ds: Dataset, device: torch.device) -> Any:
         from scenezip.splatting.c3dgs import C3DGSModel

@@ -15,7 +15,8 @@ from scenezip.fields.hashgrid import level_offsets
 from scenezip.quant.codecs import get_codec
 from scenezip.quant.morton import morton_encode
 from scenezip.splatting.c3dgs import (
-    FORMAT_VERSION, METHOD, C3DGSModel, c3dgs_from_streams, decode_positions, encode_positions, morton_decode,
+    FORMAT_VERSION, METHOD, C3DGSModel, auto_position_bits, c3dgs_from_streams, decode_positions, encode_positions,
+    morton_decode,
 )
 from scenezip.splatting.gaussians import GaussianModel
 from scenezip.splatting.streams import gaussians_to_streams
@@ -117,7 +118,9 @@ def test_post_processed_values_respect_quantization_bounds(coded):
     keep = torch.sigmoid(m.splats["masks"].detach()) > 0.01
     means = m.splats["means"].detach()[keep]
     lo, hi = torch.tensor(meta["positions"]["lo"]), torch.tensor(meta["positions"]["hi"])
-    step = (hi - lo) / 65535
+    bits = meta["positions"]["bits"]
+    assert 8 <= bits <= 21  # auto: from the extent and the smallest Gaussians
+    step = (hi - lo) / (2**bits - 1)
     # Every kept Gaussian has a decoded partner within half a step (the file is a permutation of them).
     dist = ((d.splats["means"].detach()[:, None] - means[None]).abs() <= step / 2 + 1e-7).all(-1)
     assert bool(dist.any(0).all()) and bool(dist.any(1).all())
@@ -153,8 +156,10 @@ def test_rvq_indices_decode_to_the_quantized_scales_and_rotations(coded):
     quats = F.normalize(m.splats["quats"].detach()[keep][match], dim=-1)
     cb_s = m.scale_vq.codebooks.detach().half().float()
     cb_r = m.rot_vq.codebooks.detach().half().float()
-    assert torch.equal(rvq_encode(scales, cb_s), torch.from_numpy(arrays["scale_indices"].astype(np.int64)))
-    assert torch.equal(rvq_encode(quats, cb_r), torch.from_numpy(arrays["rotation_indices"].astype(np.int64)))
+    i_s = np.stack([arrays[f"scale_indices_{k}"] for k in range(6)], 1)  # one stream (rans table) per stage
+    i_r = np.stack([arrays[f"rotation_indices_{k}"] for k in range(6)], 1)
+    assert torch.equal(rvq_encode(scales, cb_s), torch.from_numpy(i_s.astype(np.int64)))
+    assert torch.equal(rvq_encode(quats, cb_r), torch.from_numpy(i_r.astype(np.int64)))
     a = d.activated()
     assert torch.equal(a["scales"], sum(cb_s[s][d.scale_indices[:, s]] for s in range(6)))
     assert float((a["scales"].detach() - scales).abs().mean()) < 0.1 * float(scales.abs().mean())
@@ -195,7 +200,9 @@ def test_corrupted_metadata_raises(coded):
     _corrupt(coded, lambda md, a: md["color_field"]["config"].__setitem__("log2_hashmap_size", 9))
     _corrupt(coded, lambda md, a: md["positions"].__setitem__("hi", md["positions"]["lo"]))
     _corrupt(coded, lambda md, a: a.pop("mlp"))
-    _corrupt(coded, lambda md, a: a.__setitem__("scale_indices", a["scale_indices"].astype(np.float32)))
+    _corrupt(coded, lambda md, a: a.__setitem__("scale_indices_0", a["scale_indices_0"].astype(np.float32)))
+    _corrupt(coded, lambda md, a: a.pop("rotation_indices_5"))
+    _corrupt(coded, lambda md, a: a["rotation_indices_2"].__setitem__(0, 64))  # index >= codebook_size
     _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION - 1))  # old files fail cleanly
     _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION + 1))
     _corrupt(coded, lambda md, a: md["positions"].__setitem__("low_bits", 99))
@@ -212,6 +219,17 @@ def test_frozen_model_cannot_be_coded_again(coded):
     m = coded[0]
     with pytest.raises(ValueError, match="already post-processed"):
         m.quantized_copy().to_streams()
+
+
+def test_auto_position_bits_follow_the_smallest_gaussians():
+    g = np.random.default_rng(1)
+    means = g.uniform(-1, 1, size=(1000, 3))
+    scales = np.full((1000, 3), 0.01)
+    # extent 2, smallest sigma 0.01, tolerance 0.1: half a step <= 0.001 -> step <= 0.002 -> 2 / 2^b <= 0.002
+    assert auto_position_bits(means, scales) == 10
+    assert auto_position_bits(means, scales / 16) == 14  # 16x smaller Gaussians: 4 more bits
+    assert auto_position_bits(means, scales * 1e-9) == 21 and auto_position_bits(means, scales * 1e3) == 8
+    assert auto_position_bits(means[:1], scales[:1]) == 16  # no extent: the default
 
 
 def test_morton_decode_inverts_encode_and_positions_round_trip():
@@ -235,8 +253,10 @@ def test_dense_positions_code_small_and_round_trip(tmp_path):
     ax = torch.linspace(-0.5, 0.5, 12)
     pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
     gm = GaussianModel.from_points(pts, torch.full_like(pts, 0.5), sh_degree=0)
-    m = C3DGSModel.from_gaussians(gm, CFG, BOUNDS, backend="torch", rvq_stages=2, rvq_codebook_size=16)
+    m = C3DGSModel.from_gaussians(gm, CFG, BOUNDS, backend="torch", rvq_stages=2, rvq_codebook_size=16,
+                                  position_bits=16)  # fmt: skip
     meta, streams = m.to_streams()
+    assert meta["positions"]["bits"] == 16
     write_scz(tmp_path / "d.scz", METHOD, meta, streams)
     scene = read_scz(tmp_path / "d.scz")
     assert scene.streams["position_high"].nbytes + scene.streams["position_low"].nbytes < 12**3 * 6 * 0.85
@@ -282,3 +302,24 @@ def test_trained_hash_codec_is_stored_as_trained(tmp_path):
     back = C3DGSModel.from_dict(m.to_dict())
     assert back.hash_codec is not None and torch.equal(back.hash_codec.mask_logits, m.hash_codec.mask_logits)
     assert back.hash_codec.steps() == m.hash_codec.steps()
+
+
+def test_post_hoc_conversion_distils_through_the_hash_codec(tmp_path):
+    from scenezip.splatting.compress import gaussians_to_c3dgs
+
+    gm = _gaussians(150, seed=7)
+    with torch.no_grad():
+        gm.splats["opacities"][:20] = -10.0  # invisible: pruned
+    out = {}
+    for lam in (0.0, 0.01, 1.0):
+        m, rep = gaussians_to_c3dgs(gm, CFG, distill_steps=40, rvq_stages=2, rvq_codebook_size=8, progress=False,
+                                    hash_rate_lambda=lam)  # fmt: skip
+        assert rep["n_kept"] == len(m) == 130 and rep["distill_rms"] < 0.3
+        assert (m.hash_codec is not None) == (lam > 0)
+        meta, streams = m.to_streams()
+        size = write_scz(tmp_path / f"p{lam}.scz", METHOD, meta, streams)
+        scene = read_scz(tmp_path / f"p{lam}.scz")
+        d = c3dgs_from_streams(decode_streams(scene), scene.metadata, "p.scz")
+        torch.testing.assert_close(_render(d), _render(m.quantized_copy()), rtol=0, atol=0)
+        out[lam] = sum(r.nbytes for name, r in scene.streams.items() if name.startswith("hash_")), size
+    assert out[1.0][0] < out[0.01][0], out  # a larger rate term, a smaller stored table
