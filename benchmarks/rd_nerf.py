@@ -137,10 +137,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         col = colors.get(method, (0, 0, 0))
         if len(xy) > 1:
             d.line(xy, fill=col, width=2)
-        for (x, y), (_, _, rate) in zip(xy, pts):
+        for i, ((x, y), (_, _, rate)) in enumerate(zip(xy, pts)):
             d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=col, width=2)
-            if rate is not None:
-                d.text((x + 6, y + 4), f"{rate:g}", fill=col)
+            if rate is not None:  # labels alternate below / above so neighbours do not overlap
+                d.text((x + 6, y + (4 if i % 2 == 0 else -18)), f"{rate:g}", fill=col)
         d.line([w - m - 120, ly + 6, w - m - 90, ly + 6], fill=col, width=2)
         d.text((w - m - 85, ly), method, fill="black")
         ly += 16
@@ -237,7 +237,8 @@ def merge(paths: list[Path], out: Path) -> dict:
                 raise SystemExit(f"{p}: protocol {key!r} differs from {paths[0]}'s; cannot merge")
     protocol = {**first, "command": " ; ".join(part["protocol"]["command"] for part in parts),
                 "merged_from": [str(p) for p in paths]}  # fmt: skip
-    return write_results({"protocol": protocol, "rows": [r for part in parts for r in part["rows"]]}, out)
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (r["method"] != "ngp", r["method"], r["rate"] or 0.0))
+    return write_results({"protocol": protocol, "rows": rows}, out)
 
 
 def write_results(result: dict, out: Path) -> dict:
