@@ -11,24 +11,28 @@ scalar quantizers, residual VQ, codecs) and :class:`scenezip.fields.color_field.
   (Compact-3DGS quantizes ``get_scaling`` and ``get_rotation``, the activated values). The covariance
   only sees ``scale^2``, so a code sum that dips below zero does no harm.
 
-Post-processing (:meth:`C3DGSModel.to_streams`), every step exact so the file decodes bit for bit:
+Post-processing (:meth:`C3DGSModel.to_streams`, stream version 2), every step exact so the file decodes
+bit for bit (version 1 files are refused with a message saying so):
 
 - masked Gaussians are dropped (``keep_indices``);
-- positions: 16-bit uniform per axis over the bounds of the kept means, Gaussians sorted by the Morton
-  code of the quantized positions, stored ``uint16 [N, 3]`` with ``rans-delta`` per axis. Measured on
-  points near a sphere (sorted by Morton code): 100k Gaussians 423 kB per-axis vs 531 kB as ``rans-delta``
-  of the int64 Morton codes vs 600 kB raw; at 10k the three are within 1%; on small or scattered sets
-  nearly every delta is distinct and the frequency table dominates (2000 uniform random points: 23.6 kB
-  vs 12 kB raw), so ``raw`` is written whenever it is the smaller (the header names the codec);
+- positions: uniform per axis over the box of the kept means with ``position_bits`` bits (None: the fewest
+  that keep the rounding error under 0.1 of the smallest Gaussians, :func:`auto_position_bits`), Gaussians
+  sorted by Morton code, and the sorted codes stored as split Morton codes (:func:`encode_positions`:
+  ``rans`` of the deltas of their high parts, the low bits packed): about ``3 bits - log2 N + 2`` bits a
+  point. Demo scene (5976 Gaussians, 16 bits): 26.2 kB vs 35.9 kB raw (per-axis ``rans-delta`` was larger);
 - opacities: 8-bit uniform on the *logit* over its range, ``rans``. The logit is what the model stores,
   so a decoded model holds exactly the dequantized value and renders exactly like the post-processed one
   (and 8 logit bits resolve opacities near 0 and 1 better than 8 linear bits);
-- scales and rotations: R-VQ indices ``[N, stages]`` (uint8 when the codebooks hold at most 256 codes)
-  coded jointly with one ``rans`` table per attribute (2000 Gaussians: 9068 / 9096 B jointly vs 9233 /
-  9533 B with one table per stage, for scales / rotations); codebooks float16 ``raw``. Indices are chosen
+- scales and rotations: R-VQ indices, one ``rans`` stream per stage (``scale_indices_0`` ...), whose tables
+  follow each stage (the first stages are peaked, the last near uniform: one table for all stages cost
+  21.9 kB instead of 12.7 kB for the demo's scale indices); codebooks float16 ``raw``. Indices are chosen
   against the float16-rounded codebooks, i.e. against what the file holds;
-- colour field: hash table with ``|v| <= hash_zero_threshold`` set to 0 (Compact-3DGS: 0.1), then 8-bit
-  uniform over its range, ``rans``; MLP float16 ``raw``.
+- colour field: the hash table by :func:`scenezip.fields.hash_codec.encode_hash_table` (per-level steps,
+  masked entries, per-level ``rans``). A model trained with a hash codec (``hash_codec`` settings: the
+  field reads its table through a :class:`~scenezip.fields.hash_codec.HashTableCompressor`, masked and
+  quantized, with its rate term in the loss) stores the table it rendered with; otherwise values with
+  ``|v| <= hash_zero_threshold`` are zeroed (Compact-3DGS: 0.1) and per-level 8-bit steps fitted. MLP
+  float16 ``raw``.
 
 A decoded (or :meth:`C3DGSModel.quantized_copy`) model is *frozen*: it holds the R-VQ indices as buffers
 and renders the code sums directly, with every mask logit at the init value (all kept).

@@ -103,7 +103,15 @@ class Gaussian3DRecipe:
 
 
 class C3DGSRecipe(Gaussian3DRecipe):
-    """Compact-3DGS (the ``c3dgs`` method); see the module docstring."""
+    """Compact-3DGS (the ``c3dgs`` method); see the module docstring. Taken further here:
+
+    - with ``hash_codec`` the colour field reads its hash table through a
+      :class:`~scenezip.fields.hash_codec.HashTableCompressor` (entry masks from the start, per-level
+      learned-step quantization from ``hash_qat_start``; its own Adam) and ``hash_rate_lambda`` times its
+      estimated bits per parameter joins the loss, so the file stores the table the loop rendered with;
+    - the colour field's warm-up is ``color_warmup`` actual steps and its decay points are fractions of the
+      run (``color_lr_decay_at``); the colour MLP is 32 wide on small captures.
+    """
 
     method = "c3dgs"
     model_file = "model.pt"
@@ -133,6 +141,8 @@ class C3DGSRecipe(Gaussian3DRecipe):
         for name in ("lr_hash_mask", "lr_hash_step"):
             if not getattr(c, name) > 0:
                 raise ScenezipError(f"{name} must be > 0, got {getattr(c, name)}")
+        if c.color_hidden_dim is not None and c.color_hidden_dim < 1:
+            raise ScenezipError(f"color_hidden_dim must be >= 1, got {c.color_hidden_dim}")
         if c.position_bits is not None and not 1 <= c.position_bits <= 21:
             raise ScenezipError(f"position_bits must be in 1..21, got {c.position_bits}")
 
@@ -141,11 +151,12 @@ class C3DGSRecipe(Gaussian3DRecipe):
 
         c = self.config
         log2 = c.color_log2_hashmap_size
+        pixels = int(ds.cameras.widths[0]) * int(ds.cameras.heights[0])
         if log2 is None:
-            pixels = int(ds.cameras.widths[0]) * int(ds.cameras.heights[0])
             log2 = 14 if pixels < 65536 else 16 if ds.meta.get("layout") == "object" else 19
+        hidden = c.color_hidden_dim if c.color_hidden_dim is not None else 32 if pixels < 65536 else 64
         return ColorFieldConfig(n_levels=c.color_levels, log2_hashmap_size=int(log2),
-                                view_sh_degree=c.color_view_sh_degree, hidden_dim=c.color_hidden_dim)  # fmt: skip
+                                view_sh_degree=c.color_view_sh_degree, hidden_dim=int(hidden))  # fmt: skip
 
     def init_model(self, ds: Dataset, device: torch.device) -> Any:
         from scenezip.splatting.c3dgs import C3DGSModel
