@@ -19,7 +19,7 @@ from scenezip.cli_export import ExportArgs, cmd_export
 from scenezip.cli_mesh import MeshArgs, cmd_mesh
 from scenezip.demo import DemoArgs, cmd_demo
 from scenezip.errors import ScenezipError
-from scenezip.fields.ngp_config import NGPConfig
+from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
 from scenezip.viewer import ViewArgs, cmd_view
 from scenezip.splatting.config import C3DGSConfig, SurfelTrainConfig, TrainConfig
 
@@ -46,7 +46,7 @@ def cmd_data(args: DataArgs) -> None:
 
 # Methods `scenezip train --method NAME` knows: the config dataclass each one is trained from.
 TRAIN_METHODS: dict[str, type] = {
-    "3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "ngp": NGPConfig,
+    "3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "ngp": NGPConfig, "cngp": CNGPConfig,
 }  # fmt: skip
 
 
@@ -134,12 +134,11 @@ def train_and_write(config, dataset=None):
         dataset = load_dataset(config.data, downscale=config.downscale, test_every=config.test_every,
                                n_random_points=getattr(config, "random_points", 1), seed=config.seed,
                                background=background)  # fmt: skip
-    if method == "ngp":
-        from scenezip.fields.ngp_streams import ngp_to_streams
+    if method in ("ngp", "cngp"):
         from scenezip.fields.ngp_trainer import train_ngp
 
         result = train_ngp(config, dataset=dataset)
-        meta, streams = ngp_to_streams(result.model)
+        meta, streams = result.to_streams()
     else:
         result = train(config, dataset=dataset)
         meta, streams = gaussian_streams(method, result.model, config)

@@ -52,6 +52,7 @@ LOADERS: dict[str, tuple[str, str]] = {
     "c3dgs": ("scenezip.splatting.c3dgs", "c3dgs_from_streams"),
     "2dgs": ("scenezip.splatting.surfels", "surfels_from_streams"),
     "ngp": ("scenezip.fields.ngp_streams", "ngp_from_streams"),
+    "cngp": ("scenezip.fields.ngp_streams", "cngp_from_streams"),
 }
 
 
