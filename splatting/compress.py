@@ -78,10 +78,12 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 def auto_color_config(n_gaussians: int, levels: int = 16, log2_hashmap_size: int | None = None) -> ColorFieldConfig:
-    """Colour field for a post-hoc conversion: the table grows with the Gaussian count (2^10 .. 2^19 a level)."""
+    """Colour field for a post-hoc conversion: the table grows with the Gaussian count (2^10 .. 2^19 a level);
+    the MLP is 32 wide under 16384 Gaussians (its float16 bytes, 14.7 kB at width 64, matter there), else 64."""
     if log2_hashmap_size is None:
         log2_hashmap_size = int(min(19, max(10, round(math.log2(max(n_gaussians, 2))) - 1)))
-    return ColorFieldConfig(n_levels=levels, log2_hashmap_size=log2_hashmap_size)
+    hidden = 32 if n_gaussians < 16384 else 64
+    return ColorFieldConfig(n_levels=levels, log2_hashmap_size=log2_hashmap_size, hidden_dim=hidden)
 
 
 def robust_bounds(means: torch.Tensor, lo_q: float = 0.01, hi_q: float = 0.99) -> torch.Tensor:
