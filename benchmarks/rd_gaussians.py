@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{args.name}.json"
-    old = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
-    rows = [r for r in old.get("rows", []) if not (r["scene"] in args.scenes and r["method"] in args.methods)]
+    rows: list[dict] = []
     for scene in args.scenes:
         root = DATA / scene
         if not root.is_dir():
@@ -172,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("method", "size_bytes", "psnr", "ssim", "n_primitives", "train_s")}),
                   flush=True)  # fmt: skip
+    # merge with the rows on disk *now*, so runs of other methods in parallel processes are kept
+    old = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
+    mine = {(r["scene"], r["method"]) for r in rows}
+    rows = [r for r in old.get("rows", []) if (r["scene"], r["method"]) not in mine] + rows
     rows.sort(key=lambda r: (r["scene"], METHODS.index(r["method"])))
     protocol = {
         "data": "../shared/data (lego: NeRF-Synthetic at half resolution, 400 px, white background)",
