@@ -35,8 +35,11 @@ class CompressArgs:
     """R-VQ stages for scale and rotation."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
+    hash_rate_lambda: float = 3e-3
+    """Weight of the colour field's hash-table bits (per parameter) against the colour error while distilling a
+    3dgs model; larger gives a smaller file, 0 trains the table without its codec."""
     hash_zero_threshold: float = 0.1
-    """Hash-table values with |v| at or below this are stored as 0."""
+    """Only when hash_rate_lambda is 0: hash-table values with |v| at or below this are stored as 0."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
     """Rasterizer backend for fine-tuning."""
     seed: int = 0
@@ -90,7 +93,8 @@ def compress_scene(args: CompressArgs) -> dict:
         cfg = (auto_color_config(len(model)) if args.color_log2_hashmap_size is None else
                ColorFieldConfig(log2_hashmap_size=args.color_log2_hashmap_size))  # fmt: skip
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
-                                         args.rvq_codebook_size, args.seed, args.progress)  # fmt: skip
+                                         args.rvq_codebook_size, args.seed, args.progress,
+                                         hash_rate_lambda=args.hash_rate_lambda)  # fmt: skip
         report.update(conv)
         print(f"converted {report['n_input']:,} Gaussians ({conv['n_kept']:,} above the opacity floor); colour "
               f"field distilled from SH with RMS error {conv['distill_rms']:.4f}")  # fmt: skip
