@@ -47,7 +47,6 @@ from scenezip.fields.hash_codec import HashTableCompressor
 from scenezip.fields.hashgrid import HashGridConfig
 from scenezip.fields.ngp import NGPArch, NGPModel
 from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
-from scenezip.render.metrics import psnr, ssim
 from scenezip.render.volume import pixel_rays
 from scenezip.scenes.dataset import Dataset
 from scenezip.splatting.trainer import _Interrupt, _load_alpha, _save_atomic, checkpoint_paths
@@ -309,41 +308,18 @@ def evaluate_ngp(
     max_images: int = 0,
     early_stop_eps: float = 1e-4,
 ) -> dict[str, Any]:
-    """Mean PSNR / SSIM (and LPIPS where its weights are present) of clamped renders over ``split``
-    (at most ``max_images`` evenly spaced images when > 0); falls back to train when ``split`` is empty."""
-    from scenezip.render.metrics import lpips, lpips_available
+    """:func:`~scenezip.splatting.trainer.evaluate_views` of the model's renders over ``split`` (at most
+    ``max_images`` evenly spaced images when > 0); falls back to train when ``split`` is empty."""
+    from scenezip.splatting.trainer import evaluate_views
 
-    ids = ds.indices(split)
-    if len(ids) == 0:
-        split, ids = "train", ds.indices("train")
-    if max_images and len(ids) > max_images:
-        ids = ids[np.floor(np.arange(max_images) * len(ids) / max_images).astype(np.int64)]
-    dev = model.device
-    bg = torch.tensor(background, dtype=torch.float32, device=dev)[None]
-    use_lpips, note = lpips_available()
-    rows = []
-    for i in ids.tolist():
-        cam = ds.cameras[i].to(dev)
-        w, h = int(cam.widths[0]), int(cam.heights[0])
+    bg = torch.tensor(background, dtype=torch.float32, device=model.device)[None]
+
+    def render_view(cam, w: int, h: int) -> torch.Tensor:
         colors, _, _ = model.render(cam.viewmats, cam.Ks, w, h, backgrounds=bg, backend=backend,
                                     early_stop_eps=early_stop_eps)  # fmt: skip
-        img = colors[0].clamp(0.0, 1.0)
-        ref = ds.image(i).to(dev)
-        row = {"psnr": float(psnr(img, ref)), "ssim": float(ssim(img, ref))}
-        if use_lpips and min(w, h) >= 16:
-            row["lpips"] = float(lpips(img, ref))
-        rows.append(row)
-    out: dict[str, Any] = {
-        "split": split,
-        "n_images": len(rows),
-        "psnr": float(np.mean([r["psnr"] for r in rows])),
-        "ssim": float(np.mean([r["ssim"] for r in rows])),
-    }
-    if use_lpips and all("lpips" in r for r in rows):
-        out["lpips"], out["lpips_note"] = float(np.mean([r["lpips"] for r in rows])), note
-    else:
-        out["lpips"], out["lpips_note"] = None, f"LPIPS unavailable: {note}" if not use_lpips else "images under 16 px"
-    return out
+        return colors[0]
+
+    return evaluate_views(render_view, ds, split, max_images, device=model.device)
 
 
 def keep_fraction(compressor: HashTableCompressor) -> float:

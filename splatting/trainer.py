@@ -197,40 +197,30 @@ class _Images:
 
 
 @torch.no_grad()
-def evaluate(
-    model: Any,
-    ds: Dataset,
-    split: str = "test",
-    *,
-    sh_degree: int | None = None,
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    backend: str = "auto",
-    rasterize_mode: str = "classic",
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
+def evaluate_views(
+    render_view: Callable[[Cameras, int, int], Tensor], ds: Dataset, split: str = "test", max_images: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Mean PSNR / SSIM (and LPIPS where its weights are present) of clamped renders over ``split``.
+    """Mean PSNR / SSIM (and LPIPS where its weights are present) of ``render_view(camera, width, height)``
+    (``[H, W, 3]``, clamped here) against ``split``: the evaluation every trainer shares.
 
-    Falls back to the train split when ``split`` is empty (and says so in ``split``).
+    At most ``max_images`` evenly spaced images when > 0. Falls back to the train split when ``split`` is
+    empty (and says so in ``split``).
     """
     from scenezip.render.metrics import lpips, lpips_available
 
     ids = ds.indices(split)
     if len(ids) == 0:
         split, ids = "train", ds.indices("train")
-    dev = model.device
-    bg = torch.tensor(background, dtype=torch.float32, device=dev)[None]
+    if max_images and len(ids) > max_images:
+        ids = ids[np.floor(np.arange(max_images) * len(ids) / max_images).astype(np.int64)]
     use_lpips, note = lpips_available()
     rows = []
     for i in ids.tolist():
-        cam = ds.cameras[i].to(dev)
+        cam = ds.cameras[i].to(device)
         w, h = int(cam.widths[0]), int(cam.heights[0])
-        colors, _, _ = model.render(
-            cam.viewmats, cam.Ks, w, h, sh_degree=sh_degree, backgrounds=bg, backend=backend,
-            rasterize_mode=rasterize_mode, near_plane=near_plane, far_plane=far_plane,
-        )  # fmt: skip
-        img = colors[0, ..., :3].clamp(0.0, 1.0)
-        ref = ds.image(i).to(dev)
+        img = render_view(cam, w, h)[..., :3].clamp(0.0, 1.0)
+        ref = ds.image(i).to(device)
         row = {"psnr": float(psnr(img, ref)), "ssim": float(ssim(img, ref))}
         if use_lpips and min(w, h) >= 16:
             row["lpips"] = float(lpips(img, ref))
@@ -246,6 +236,32 @@ def evaluate(
     else:
         out["lpips"], out["lpips_note"] = None, f"LPIPS unavailable: {note}" if not use_lpips else "images under 16 px"
     return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    ds: Dataset,
+    split: str = "test",
+    *,
+    sh_degree: int | None = None,
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    backend: str = "auto",
+    rasterize_mode: str = "classic",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+) -> dict[str, Any]:
+    """:func:`evaluate_views` of a Gaussian model's renders on ``split``."""
+    bg = torch.tensor(background, dtype=torch.float32, device=model.device)[None]
+
+    def render_view(cam: Cameras, w: int, h: int) -> Tensor:
+        colors, _, _ = model.render(
+            cam.viewmats, cam.Ks, w, h, sh_degree=sh_degree, backgrounds=bg, backend=backend,
+            rasterize_mode=rasterize_mode, near_plane=near_plane, far_plane=far_plane,
+        )  # fmt: skip
+        return colors[0]
+
+    return evaluate_views(render_view, ds, split, device=model.device)
 
 
 class _Interrupt:
