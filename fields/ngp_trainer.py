@@ -27,7 +27,6 @@ finishes the current step, writes a checkpoint and re-raises ``KeyboardInterrupt
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -49,7 +48,9 @@ from scenezip.fields.ngp import NGPArch, NGPModel
 from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
 from scenezip.render.volume import pixel_rays
 from scenezip.scenes.dataset import Dataset
-from scenezip.splatting.trainer import _Interrupt, _load_alpha, _save_atomic, checkpoint_paths
+from scenezip.splatting.trainer import (
+    _config_dict, _Interrupt, _load_alpha, _save_atomic, checkpoint_paths, load_resume_checkpoint,
+)  # fmt: skip
 
 CHECKPOINT_FORMAT = "scenezip.trainngp"
 CHECKPOINT_VERSION = 1
@@ -192,10 +193,6 @@ def rate_weight(config: CNGPConfig, step: int) -> float:
 
 def _mlp_params(model: NGPModel) -> int:
     return model.field.density_mlp.n_params() + model.field.color_mlp.n_params()
-
-
-def _config_dict(config: NGPConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def _check_config(config: NGPConfig) -> None:
@@ -404,23 +401,9 @@ def train_ngp(
     # ---- state: fresh or from the newest checkpoint
     start, train_s = 0, 0.0
     if config.resume:
-        ckpts = checkpoint_paths(out)
-        if not ckpts:
-            raise ScenezipError(f"{out}: resume requested but the folder holds no ckpt_XXXXX.pt")
-        ckpt_path = ckpts[-1][1]
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ScenezipError(f"{ckpt_path}: not a scenezip ngp training checkpoint")
-        if ckpt.get("method", METHOD) != method:
-            raise ScenezipError(f"{ckpt_path}: a {ckpt.get('method', METHOD)} checkpoint cannot resume a {method} run")
-        changed = sorted(
-            k for k, v in _config_dict(config).items() if k not in _RUNTIME_FIELDS and ckpt["config"].get(k) != v
+        ckpt, ckpt_path = load_resume_checkpoint(
+            out, CHECKPOINT_FORMAT, "ngp", method, METHOD, _config_dict(config), _RUNTIME_FIELDS
         )
-        if changed:
-            raise ScenezipError(f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones")
         model = NGPModel.from_dict(ckpt["model"], device=device, backend=backend, source=str(ckpt_path))
         if cngp:
             comp = make_compressor(model, config)  # type: ignore[arg-type]

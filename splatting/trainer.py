@@ -118,6 +118,32 @@ def checkpoint_paths(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def load_resume_checkpoint(
+    out: Path, fmt: str, kind: str, method: str, default_method: str, config: dict[str, Any], runtime_fields: set[str]
+) -> tuple[dict[str, Any], Path]:
+    """The newest ``ckpt_XXXXX.pt`` in ``out`` and its path, checked: readable, of format ``fmt`` and
+    ``method``, and trained with the same options as ``config`` (a plain dict) except ``runtime_fields``.
+    ``kind`` names the trainer in messages; ``default_method`` is assumed for checkpoints that name none."""
+    ckpts = checkpoint_paths(out)
+    if not ckpts:
+        raise ScenezipError(f"{out}: resume requested but the folder holds no ckpt_XXXXX.pt")
+    ckpt_path = ckpts[-1][1]
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise ScenezipError(f"{ckpt_path}: not a scenezip {kind} training checkpoint")
+    if ckpt.get("method", default_method) != method:
+        raise ScenezipError(
+            f"{ckpt_path}: a {ckpt.get('method', default_method)} checkpoint cannot resume a {method} run"
+        )
+    changed = sorted(k for k, v in config.items() if k not in runtime_fields and ckpt["config"].get(k) != v)
+    if changed:
+        raise ScenezipError(f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones")
+    return ckpt, ckpt_path
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -352,25 +378,9 @@ def train(
     gen.manual_seed(config.seed)
     start, train_s = 0, 0.0
     if config.resume:
-        ckpts = checkpoint_paths(out)
-        if not ckpts:
-            raise ScenezipError(f"{out}: resume requested but the folder holds no ckpt_XXXXX.pt")
-        ckpt_path = ckpts[-1][1]
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise ScenezipError(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ScenezipError(f"{ckpt_path}: not a scenezip Gaussian training checkpoint")
-        if ckpt.get("method", "3dgs") != recipe.method:
-            raise ScenezipError(f"{ckpt_path}: a {ckpt.get('method', '3dgs')} checkpoint; cannot resume it as {recipe.method}")
-        changed = sorted(
-            k for k, v in _config_dict(config).items() if k not in _RUNTIME_FIELDS and ckpt["config"].get(k) != v
+        ckpt, ckpt_path = load_resume_checkpoint(
+            out, CHECKPOINT_FORMAT, "Gaussian", recipe.method, "3dgs", _config_dict(config), _RUNTIME_FIELDS
         )
-        if changed:
-            raise ScenezipError(
-                f"{ckpt_path}: options {changed} differ from the checkpoint's; resume with the same ones"
-            )
         model = recipe.model_from_dict(ckpt["model"], device, str(ckpt_path))
         optimizers = recipe.optimizers(model, extent)
         for name, opt in optimizers.items():
