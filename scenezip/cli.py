@@ -215,7 +215,9 @@ def _open_for_rendering(file: Path, data: Path, downscale: Optional[int], backen
         downscale = max(1, round(w / stored[0])) if stored else 1
     ds = load_dataset(data, downscale=downscale, n_random_points=1,
                       background=tuple(bg) if bg else (1.0, 1.0, 1.0))  # fmt: skip
-    background = torch.tensor(bg if bg else [0.0, 0.0, 0.0], dtype=torch.float32, device=device)
+    if not bg:  # a file without scene facts (e.g. compressed from a PLY): render on the capture's background
+        bg = [float(c) for c in ds.background] if ds.background is not None else [0.0, 0.0, 0.0]
+    background = torch.tensor(bg, dtype=torch.float32, device=device)
     return scene, ds, background, device
 
 

@@ -105,3 +105,16 @@ def test_render_geometry_modes(demo, tmp_path, mode):
     assert img.shape == (24, 24, 3)
     covered = img.reshape(-1, 3).max(axis=1) > 0  # pixels under half alpha are black
     assert covered.mean() > 0.05 and img.reshape(-1, 3)[covered].std() > 5  # geometry varies over the view
+
+
+def test_compress_a_ply_without_scene_facts_evaluates_on_the_capture_background(demo, tmp_path):
+    out, _ = demo
+    ply = tmp_path / "scene.ply"
+    run("export", str(out / "3dgs" / "scene.scz"), "--format", "ply", "-o", str(ply))
+    dst = tmp_path / "from_ply.scz"
+    run("compress", str(ply), "-o", str(dst), "--distill-steps", "60", "--no-progress")
+    report = tmp_path / "eval.json"
+    run("eval", str(dst), str(out / "data"), "--json", str(report), "--backend", "torch", "--no-lpips")
+    base = {x["method"]: x for x in json.loads((out / "demo.json").read_text())["rows"]}["3dgs"]
+    # the file has no stored background: it must be rendered on the capture's (white), not black
+    assert json.loads(report.read_text())["psnr"] > base["psnr"] - 3.0
