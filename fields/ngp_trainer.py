@@ -49,7 +49,7 @@ from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
 from scenezip.render.volume import pixel_rays
 from scenezip.scenes.dataset import Dataset
 from scenezip.splatting.trainer import (
-    _config_dict, _Interrupt, _load_alpha, _save_atomic, checkpoint_paths, load_resume_checkpoint,
+    _config_dict, _Interrupt, _load_alpha, load_resume_checkpoint, write_checkpoint,
 )  # fmt: skip
 
 CHECKPOINT_FORMAT = "scenezip.trainngp"
@@ -424,8 +424,9 @@ def train_ngp(
     (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
 
     def save_checkpoint(step: int) -> Path:
-        path = out / f"ckpt_{step:05d}.pt"
-        _save_atomic(
+        return write_checkpoint(
+            out,
+            step,
             {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
@@ -437,12 +438,8 @@ def train_ngp(
                 "optimizer": optimizer.state_dict(),
                 "config": _config_dict(config),
             },
-            path,
+            config.keep_checkpoints,
         )
-        if config.keep_checkpoints > 0:
-            for _, old in checkpoint_paths(out)[: -config.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-        return path
 
     pixels = _Pixels(ds, train_ids, device, need_alpha=config.random_background)
     viewmats = ds.cameras.viewmats.to(device, torch.float32)

@@ -144,6 +144,17 @@ def load_resume_checkpoint(
     return ckpt, ckpt_path
 
 
+def write_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` as ``out/ckpt_XXXXX.pt`` (atomically) and delete all but the newest ``keep``
+    checkpoints (0 keeps all); returns the path."""
+    path = out / f"ckpt_{step:05d}.pt"
+    _save_atomic(state, path)
+    if keep > 0:
+        for _, old in checkpoint_paths(out)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -404,8 +415,9 @@ def train(
     (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
 
     def save_checkpoint(step: int) -> Path:
-        path = out / f"ckpt_{step:05d}.pt"
-        _save_atomic(
+        return write_checkpoint(
+            out,
+            step,
             {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
@@ -418,12 +430,8 @@ def train(
                 "rng": {"split": gen.get_state(), "device_type": device.type},
                 "config": _config_dict(config),
             },
-            path,
+            config.keep_checkpoints,
         )
-        if config.keep_checkpoints > 0:
-            for _, old in checkpoint_paths(out)[: -config.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-        return path
 
     images = _Images(ds, device, need_alpha=config.random_background)
     base_bg = torch.tensor(bg_color, dtype=torch.float32, device=device)
