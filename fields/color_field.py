@@ -207,9 +207,12 @@ class ColorField(nn.Module):
         """SH basis (degree ``view_sh_degree``) of the normalised directions."""
         return sh_basis(self.config.view_sh_degree, F.normalize(view_dirs.float(), dim=-1, eps=1e-12))
 
-    def colors_from_features(self, features: Tensor, view_dirs: Tensor) -> Tensor:
+    def colors_from_features(self, features: Tensor, view_dirs: Tensor, base: Tensor | None = None) -> Tensor:
         """Colours from cached grid features ``[N, n_levels * F]`` and directions ``[N, 3]`` or
-        ``[C, N, 3]`` (camera -> Gaussian, any length). Returns ``[N, 3]`` or ``[C, N, 3]``."""
+        ``[C, N, 3]`` (camera -> Gaussian, any length). Returns ``[N, 3]`` or ``[C, N, 3]``.
+
+        ``base [N, 3]`` (optional) is added to the MLP output before the head: a per-Gaussian colour the
+        field corrects (with the ``"sh0"`` head, a degree-0 SH coefficient; with ``"sigmoid"``, a logit)."""
         n_feat = self.grid.n_output_dims
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[-1] != n_feat:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -219,6 +222,11 @@ class ColorField(nn.Module):
             shape = tuple(view_dirs.shape) if isinstance(view_dirs, Tensor) else type(view_dirs).__name__
             raise ValueError(f"view_dirs must have shape [N, 3] or [C, N, 3] with N = {n}, got {shape}")
         out = self.mlp.forward_split(features, self.view_encoding(view_dirs))
+        if base is not None:
+            if not isinstance(base, Tensor) or tuple(base.shape) != (n, 3):
+                shape = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
+                raise ValueError(f"base must have shape [{n}, 3], got {shape}")
+            out = out + base.to(out.dtype)
         if self.config.output == "sigmoid":
             return torch.sigmoid(out)
         return torch.clamp_min(SH_C0 * out + 0.5, 0.0)
@@ -231,19 +239,28 @@ class ColorField(nn.Module):
         return self.colors_from_features(self.features(means), view_dirs)
 
     def colors_for_cameras(
-        self, means: Tensor, viewmats: Tensor, features: Tensor | None = None
+        self, means: Tensor, viewmats: Tensor, features: Tensor | None = None, base: Tensor | None = None
     ) -> Tensor:  # [N, 3], [C, 4, 4] -> [C, N, 3]
-        """Per-camera colours for world-to-camera ``viewmats``; pass cached ``features`` to skip the grid."""
+        """Per-camera colours for world-to-camera ``viewmats``; pass cached ``features`` to skip the grid
+        (``base``: see :meth:`colors_from_features`)."""
         feats = self.features(means) if features is None else features
         centers = camera_centers_from_viewmats(viewmats.to(means.dtype))
         m = means if self.config.position_gradient else means.detach()
         dirs = m[None] - centers[:, None, :]
-        return self.colors_from_features(feats, dirs)
+        return self.colors_from_features(feats, dirs, base)
 
     # ------------------------------------------------------------------ storage and training
     def mlp_params_fp16(self) -> Tensor:  # [P] float16
         """The MLP's parameters as one float16 vector (storage order of :func:`mlp_to_flat`), on the CPU."""
         return mlp_to_flat(self.mlp, torch.float16)
+
+    @torch.no_grad()
+    def zero_output_layer(self) -> None:
+        """Zero the MLP's last layer, so the field starts as a zero correction of a ``base`` colour."""
+        last = self.mlp.layers[-1]
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
 
     def load_fp16(self, flat: Tensor) -> None:
         """Load MLP parameters from a vector written by :meth:`mlp_params_fp16` (any float dtype)."""

@@ -31,6 +31,9 @@ class CompressArgs:
     """Drop Gaussians of a 3dgs model with opacity below this before converting."""
     color_log2_hashmap_size: Optional[int] = None
     """log2 entries per level of the colour field (None: grows with the Gaussian count, 2^10..2^19)."""
+    color_dc: bool = True
+    """Keep each Gaussian's DC colour (R-VQ'd, 3 stages) as a base colour and distil only the view-dependent rest
+    into the colour field; off: the field learns all colour (Compact-3DGS)."""
     rvq_stages: int = 6
     """R-VQ stages for scale and rotation."""
     rvq_codebook_size: int = 64
@@ -66,7 +69,6 @@ def compress_scene(args: CompressArgs) -> dict:
     """Do the work of ``scenezip compress``; returns a report (counts, sizes, distillation error)."""
     import tempfile
 
-    from scenezip.fields.color_field import ColorFieldConfig
     from scenezip.scene import scene_metadata
     from scenezip.scenes.scz import write_scz
     from scenezip.splatting.c3dgs import C3DGSModel
@@ -90,11 +92,10 @@ def compress_scene(args: CompressArgs) -> dict:
         if args.source.is_file() and args.source.suffix.lower() == ".ply":
             in_bytes = args.source.stat().st_size
         report.update(n_input=len(model), input_bytes=in_bytes)
-        cfg = (auto_color_config(len(model)) if args.color_log2_hashmap_size is None else
-               ColorFieldConfig(log2_hashmap_size=args.color_log2_hashmap_size))  # fmt: skip
+        cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
                                          args.rvq_codebook_size, args.seed, args.progress,
-                                         hash_rate_lambda=args.hash_rate_lambda)  # fmt: skip
+                                         hash_rate_lambda=args.hash_rate_lambda, color_dc=args.color_dc)  # fmt: skip
         report.update(conv)
         print(f"converted {report['n_input']:,} Gaussians ({conv['n_kept']:,} above the opacity floor); colour "
               f"field distilled from SH with RMS error {conv['distill_rms']:.4f}")  # fmt: skip

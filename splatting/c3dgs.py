@@ -7,23 +7,29 @@ scalar quantizers, residual VQ, codecs) and :class:`scenezip.fields.color_field.
   and a mask logit ``masks [N]`` in ``model.splats`` (gsplat's names, like GaussianModel); the colour
   comes from a hash-grid colour field evaluated per camera, so one camera is rasterized per call.
 - The hard mask multiplies the *activated* scales and opacities (:func:`scenezip.quant.mask.apply_mask`).
+- Base colours (``sh0``, optional, ours): each Gaussian may keep a degree-0 SH colour that the field's
+  output is added to before its head, so the field only learns the view-dependent rest. Measured on lego
+  (100 px, a 37k-Gaussian 3dgs run): the higher SH bands are worth 1.55 dB, 3-stage R-VQ of the DC costs
+  0.004 dB, and a field that must learn all of the colour lost 1.3-1.9 dB in short runs.
 - With ``use_rvq``, the activated scales (``exp``) and the normalized quaternions go through residual VQ
   (Compact-3DGS quantizes ``get_scaling`` and ``get_rotation``, the activated values). The covariance
   only sees ``scale^2``, so a code sum that dips below zero does no harm.
 
-Post-processing (:meth:`C3DGSModel.to_streams`, stream version 2), every step exact so the file decodes
-bit for bit (version 1 files are refused with a message saying so):
+Post-processing (:meth:`C3DGSModel.to_streams`, stream version 3), every step exact so the file decodes
+bit for bit (version 2 files, without base colours, are read; version 1 files are refused with a message
+saying so):
 
 - masked Gaussians are dropped (``keep_indices``);
 - positions: uniform per axis over the box of the kept means with ``position_bits`` bits (None: the fewest
-  that keep the rounding error under 0.1 of the smallest Gaussians, :func:`auto_position_bits`), Gaussians
+  that keep the rounding error under 0.1 of the median smallest axis, :func:`auto_position_bits`), Gaussians
   sorted by Morton code, and the sorted codes stored as split Morton codes (:func:`encode_positions`:
   ``rans`` of the deltas of their high parts, the low bits packed): about ``3 bits - log2 N + 2`` bits a
   point. Demo scene (5976 Gaussians, 16 bits): 26.2 kB vs 35.9 kB raw (per-axis ``rans-delta`` was larger);
 - opacities: 8-bit uniform on the *logit* over its range, ``rans``. The logit is what the model stores,
   so a decoded model holds exactly the dequantized value and renders exactly like the post-processed one
   (and 8 logit bits resolve opacities near 0 and 1 better than 8 linear bits);
-- scales and rotations: R-VQ indices, one ``rans`` stream per stage (``scale_indices_0`` ...), whose tables
+- scales, rotations (and base colours, ``color_indices_k`` / ``color_codebooks``, stream version 3): R-VQ
+  indices, one ``rans`` stream per stage (``scale_indices_0`` ...), whose tables
   follow each stage (the first stages are peaked, the last near uniform: one table for all stages cost
   21.9 kB instead of 12.7 kB for the demo's scale indices); codebooks float16 ``raw``. Indices are chosen
   against the float16-rounded codebooks, i.e. against what the file holds;
@@ -61,10 +67,14 @@ from scenezip.splatting.gaussians import GaussianModel, save_model_dict
 
 METHOD = "c3dgs"
 MODEL_FORMAT = "scenezip.c3dgs_model"
-FORMAT_VERSION = 2  # 2: positions as split Morton codes, hash table by fields.hash_codec (1 is not read)
+FORMAT_VERSION = 3  # 3: optional per-Gaussian base colour (2 is read: no base colour; 1 is not read)
+READ_VERSIONS = (2, 3)
 SPLAT_NAMES = ("means", "quats", "scales", "opacities", "masks")
+DC_NAME = "sh0"  # the per-Gaussian base colour's splat name (a degree-0 SH coefficient, as in GaussianModel)
+DC_STAGES = 3  # R-VQ stages of the base colour (lego, 37k Gaussians of a 3dgs run: 3 stages of 64 cost 0.004 dB)
 POSITION_BITS = None  # None: auto_position_bits
-POSITION_TOLERANCE = 0.1  # auto: the largest position error is at most this fraction of a small Gaussian's size
+POSITION_TOLERANCE = 0.1  # auto: the largest position error is at most this fraction of a typical Gaussian's size
+POSITION_PERCENTILE = 50  # auto: the typical Gaussian (percentile of the smallest axis); 1 cost 16 bits on lego for nothing
 MAX_POSITION_BITS = 21  # Morton codes of 3 x 21 bits fit 63 bits
 OPACITY_BITS = 8
 HASH_BITS = 8
@@ -123,14 +133,18 @@ def _unpack_low(packed: np.ndarray, n: int, n_low: int) -> np.ndarray:
     return (bits << np.arange(n_low, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
 
 
-def auto_position_bits(means: np.ndarray, scales: np.ndarray, tolerance: float = POSITION_TOLERANCE) -> int:
+def auto_position_bits(
+    means: np.ndarray, scales: np.ndarray, tolerance: float = POSITION_TOLERANCE, percentile: float = POSITION_PERCENTILE
+) -> int:
     """Fewest bits per axis (8..21) whose largest rounding error (half a step of the widest axis of the
-    box of ``means [N, 3]``) is at most ``tolerance`` times the 1st percentile of the Gaussians' smallest
-    standard deviation (``scales [N, 3]``, not log). Measured on the demo scene (48 px views, extent 1,
-    smallest sigma 0.004): 11 bits decode to the same PSNR (20.28 dB) as 16 bits, in 12.7 kB instead of 23.9 kB."""
+    box of ``means [N, 3]``) is at most ``tolerance`` times the ``percentile`` of the Gaussians' smallest
+    standard deviation (``scales [N, 3]``, not log). Measured on lego (100 px, 37k Gaussians of a 3dgs run,
+    25 test views, everything else unquantized): 16 bits 30.6065 dB, 13 30.6065, 12 30.6052, 11 30.6042,
+    10 30.6015; the 1st percentile (the rule until 2026-11-23) asked for 16, the median asks for 11.
+    On the demo scene (48 px views) 11 bits decoded to the same PSNR as 16 bits."""
     m = np.asarray(means, dtype=np.float64)
     extent = float((m.max(0) - m.min(0)).max()) if m.size else 0.0
-    small = float(np.percentile(np.asarray(scales, dtype=np.float64).min(1), 1)) if m.size else 0.0
+    small = float(np.percentile(np.asarray(scales, dtype=np.float64).min(1), percentile)) if m.size else 0.0
     if not (extent > 0 and small > 0 and np.isfinite(extent) and np.isfinite(small)):
         return 16
     bits = math.ceil(math.log2(max(extent / (2.0 * tolerance * small), 1.0)))
@@ -215,6 +229,9 @@ class C3DGSModel(nn.Module):
             field reads its table through in training (``bits``, ``mask_start``, ``qat_start``), or None
             (plain table; coding then fits per-level steps to the trained table).
         position_bits: bits per axis of the stored positions (1..21), or None for :func:`auto_position_bits`.
+        sh0: ``[N, 3]`` per-Gaussian base colours (degree-0 SH coefficients), or None for none. With a base
+            colour the field is a correction added to it before the head (its last layer starts at zero);
+            the base colour is R-VQ'd with ``dc_stages`` stages like scale and rotation.
     """
 
     def __init__(
@@ -234,6 +251,8 @@ class C3DGSModel(nn.Module):
         seed: int = 0,
         hash_codec: dict | None = None,
         position_bits: int | None = POSITION_BITS,
+        sh0: Tensor | None = None,
+        dc_stages: int = DC_STAGES,
     ) -> None:
         super().__init__()
         if position_bits is not None and (
@@ -247,14 +266,22 @@ class C3DGSModel(nn.Module):
             masks = torch.full((n,), MASK_INIT_LOGIT)
         given = {"quats": (quats, (n, 4)), "scales": (scales, (n, 3)), "opacities": (opacities, (n,)),
                  "masks": (masks, (n,))}  # fmt: skip
+        if sh0 is not None:
+            given[DC_NAME] = (sh0, (n, 3))
         for name, (t, shape) in given.items():
             if not isinstance(t, Tensor) or tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(getattr(t, 'shape', ()))}")
+        tensors = {"means": means, **{k: given[k][0] for k in given}}
         self.splats = nn.ParameterDict(
-            {k: nn.Parameter(t.detach().to(torch.float32).clone()) for k, t in
-             zip(SPLAT_NAMES, (means, quats, scales, opacities, masks))}  # fmt: skip
+            {k: nn.Parameter(t.detach().to(torch.float32).clone()) for k, t in tensors.items()}
         )
         self.color_field = ColorField(color_config, bounds, backend=backend, seed=seed)
+        self.color_dc = sh0 is not None
+        if self.color_dc:
+            if isinstance(dc_stages, bool) or not isinstance(dc_stages, int) or dc_stages < 1:
+                raise ValueError(f"dc_stages must be a positive integer, got {dc_stages!r}")
+            self.color_field.zero_output_layer()
+        self.dc_vq = ResidualVQ(3, int(dc_stages), rvq_codebook_size, seed=seed + 2) if self.color_dc else None
         self.scale_vq = ResidualVQ(3, rvq_stages, rvq_codebook_size, seed=seed)
         self.rot_vq = ResidualVQ(4, rvq_stages, rvq_codebook_size, seed=seed + 1)
         self.use_rvq = bool(use_rvq)
@@ -271,6 +298,7 @@ class C3DGSModel(nn.Module):
         # Frozen models (decoded / post-processed) hold their R-VQ indices; live models hold None.
         self.register_buffer("scale_indices", None)
         self.register_buffer("rot_indices", None)
+        self.register_buffer("dc_indices", None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -280,25 +308,30 @@ class C3DGSModel(nn.Module):
         color_config: ColorFieldConfig | None = None,
         bounds: Tensor | Sequence = DEFAULT_BOUNDS,
         init_rvq: bool = True,
+        color_dc: bool = False,
         **kwargs: Any,
     ) -> "C3DGSModel":
-        """Geometry of a :class:`GaussianModel` (its SH colours are dropped: the field learns colour).
+        """Geometry of a :class:`GaussianModel`; with ``color_dc`` its DC colours become the base colours,
+        otherwise its SH colours are dropped (the field learns colour). Higher SH bands are always dropped.
 
         With ``init_rvq`` (and ``use_rvq``), the codebooks are fitted by k-means to the activated scales
         and normalized rotations now; ``kwargs`` go to the constructor."""
         if not isinstance(model, GaussianModel):
             raise ValueError(f"model must be a GaussianModel, got {type(model).__name__}")
+        sh0 = model.sh0.detach().cpu().reshape(len(model), 3) if color_dc else None
         m = cls(model.means.detach().cpu(), model.quats.detach().cpu(), model.scales.detach().cpu(),
-                model.opacities.detach().cpu(), None, color_config, bounds, **kwargs)  # fmt: skip
+                model.opacities.detach().cpu(), None, color_config, bounds, sh0=sh0, **kwargs)  # fmt: skip
         if init_rvq and m.use_rvq and len(m) > 0:
             m.init_rvq()
         return m.to(model.device)
 
     @torch.no_grad()
     def init_rvq(self) -> None:
-        """Fit both R-VQ codebooks by k-means to the current activated scales and unit quaternions."""
+        """Fit the R-VQ codebooks by k-means to the current activated scales, unit quaternions and base colours."""
         self.scale_vq.init_from(torch.exp(self.splats["scales"]))
         self.rot_vq.init_from(F.normalize(self.splats["quats"], dim=-1))
+        if self.dc_vq is not None:
+            self.dc_vq.init_from(self.splats[DC_NAME])
 
     # ------------------------------------------------------------------ accessors
     def __len__(self) -> int:
@@ -315,20 +348,41 @@ class C3DGSModel(nn.Module):
 
     def activated(self) -> dict[str, Tensor]:
         """What the rasterizer takes (before colours): ``means``, ``quats``, masked ``scales`` and
-        ``opacities``, plus ``rvq_loss`` (0 unless the R-VQ ran in this call)."""
+        ``opacities``, the base colours ``sh0`` (None without), plus ``rvq_loss`` (0 unless the R-VQ ran in
+        this call)."""
         s = self.splats
         loss = s["means"].new_zeros(())
+        dc = s[DC_NAME] if self.color_dc else None
         if self.frozen:
             scales = rvq_decode(self.scale_indices, self.scale_vq.codebooks)
             quats = rvq_decode(self.rot_indices, self.rot_vq.codebooks)
+            if dc is not None:
+                dc = rvq_decode(self.dc_indices, self.dc_vq.codebooks)
         elif self.use_rvq:
             scales, _, l1 = self.scale_vq(torch.exp(s["scales"]))
             quats, _, l2 = self.rot_vq(F.normalize(s["quats"], dim=-1))
             loss = l1 + l2
+            if dc is not None:
+                dc, _, l3 = self.dc_vq(dc)
+                loss = loss + l3
         else:
             scales, quats = torch.exp(s["scales"]), F.normalize(s["quats"], dim=-1)
         scales, opacities = apply_mask(scales, torch.sigmoid(s["opacities"]), s["masks"], self.mask_threshold)
-        return {"means": s["means"], "quats": quats, "scales": scales, "opacities": opacities, "rvq_loss": loss}
+        return {"means": s["means"], "quats": quats, "scales": scales, "opacities": opacities, DC_NAME: dc,
+                "rvq_loss": loss}  # fmt: skip
+
+    def colors(self, view_dirs: Tensor, index: Tensor | slice | None = None, activated: dict | None = None) -> Tensor:
+        """Colours of the Gaussians ``index`` (all when None) seen along ``view_dirs`` (``[M, 3]`` or
+        ``[C, M, 3]``, camera -> Gaussian): the field (through the training-time hash codec, if any) plus
+        the base colours. ``activated``: a result of :meth:`activated` to reuse."""
+        a = self.activated() if activated is None else activated
+        sel = slice(None) if index is None else index
+        means = a["means"][sel]
+        feats = self.grid_features(means)
+        if feats is None:
+            feats = self.color_field.features(means)
+        base = None if a[DC_NAME] is None else a[DC_NAME][sel]
+        return self.color_field.colors_from_features(feats, view_dirs, base)
 
     # ------------------------------------------------------------------ rendering
     def grid_features(self, means: Tensor) -> Tensor | None:  # [N, 3] -> [N, n_levels * F] or None
@@ -384,7 +438,7 @@ class C3DGSModel(nn.Module):
         if backgrounds is not None and (backgrounds.dim() != 2 or backgrounds.shape[0] != c):
             raise ValueError(f"backgrounds must have shape [{c}, D], got {tuple(backgrounds.shape)}")
         a = self.activated()
-        colors = self.color_field.colors_for_cameras(a["means"], viewmats, self.grid_features(a["means"]))
+        colors = self.color_field.colors_for_cameras(a["means"], viewmats, self.grid_features(a["means"]), a[DC_NAME])
         outs, alphas, metas = [], [], []
         for i in range(c):
             col, alpha, meta = rasterization(
@@ -413,6 +467,8 @@ class C3DGSModel(nn.Module):
                 "hash_codec": self.hash_codec_settings,
                 "position_bits": self.position_bits,
                 "seed": self.seed,
+                "color_dc": self.color_dc,
+                "dc_stages": self.dc_vq.n_stages if self.dc_vq is not None else DC_STAGES,
             },
             "state": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
@@ -425,14 +481,16 @@ class C3DGSModel(nn.Module):
         try:
             init, state, n = data["init"], dict(data["state"]), int(data["n"])
             z = torch.zeros
+            dc = z(n, 3) if init.get("color_dc", False) else None
             model = cls(z(n, 3), z(n, 4), z(n, 3), z(n), None, ColorFieldConfig(**init["color_config"]),
                         use_rvq=bool(init["use_rvq"]), rvq_stages=int(init["rvq_stages"]),
                         rvq_codebook_size=int(init["rvq_codebook_size"]),
                         mask_threshold=float(init["mask_threshold"]), backend="torch",
                         hash_codec=init.get("hash_codec"),
                         position_bits=init.get("position_bits", POSITION_BITS),
-                        seed=int(init.get("seed", 0)))  # fmt: skip
-            for name in ("scale_indices", "rot_indices"):
+                        seed=int(init.get("seed", 0)), sh0=dc,
+                        dc_stages=int(init.get("dc_stages", DC_STAGES)))  # fmt: skip
+            for name in ("scale_indices", "rot_indices", "dc_indices"):
                 if name in state:
                     setattr(model, name, state[name].clone())
             model.load_state_dict(state)
@@ -453,7 +511,7 @@ class C3DGSModel(nn.Module):
             raise ValueError("this model is already post-processed (decoded); it has no float attributes to code")
         if self.scale_vq.codebook_size > 1 << 16:
             raise ValueError(f"codebook_size must be at most 65536 to be stored, got {self.scale_vq.codebook_size}")
-        if not bool(self.scale_vq.initted) or not bool(self.rot_vq.initted):
+        if not all(bool(vq.initted) for vq in (self.scale_vq, self.rot_vq, self.dc_vq) if vq is not None):
             self.init_rvq()
         s = {k: v.detach().cpu() for k, v in self.splats.items()}
         keep = keep_indices(s["masks"], self.mask_threshold)
@@ -478,6 +536,10 @@ class C3DGSModel(nn.Module):
         cb_r = self.rot_vq.codebooks.detach().cpu().to(torch.float16)
         i_s = rvq_encode(torch.exp(s["scales"][perm]), cb_s.float()).numpy().astype(idx_dtype)
         i_r = rvq_encode(F.normalize(s["quats"][perm], dim=-1), cb_r.float()).numpy().astype(idx_dtype)
+        indices = {"scale_indices": i_s, "rotation_indices": i_r}
+        if self.color_dc:
+            cb_c = self.dc_vq.codebooks.detach().cpu().to(torch.float16)
+            indices["color_indices"] = rvq_encode(s[DC_NAME][perm], cb_c.float()).numpy().astype(idx_dtype)
 
         table = self.color_field.grid.params.detach().cpu()
         codec = self.hash_codec
@@ -512,6 +574,9 @@ class C3DGSModel(nn.Module):
                 "mlp_n_params": int(mlp.size),
             },
         }
+        if self.color_dc:
+            metadata["rvq"]["colors"] = {"dim": 3, "n_stages": self.dc_vq.n_stages,
+                                         "codebook_size": self.dc_vq.codebook_size, "domain": "sh0"}  # fmt: skip
         streams = {
             **pos_streams, "opacities": (q_opa, "rans"), "scale_codebooks": (cb_s.numpy(), "raw"),
             "rotation_codebooks": (cb_r.numpy(), "raw"), **hash_streams, "mlp": (mlp, "raw"),
@@ -519,7 +584,9 @@ class C3DGSModel(nn.Module):
         # one rans table per stage: the first stages are peaked, the last near uniform, and one table for all
         # mixes them (demo scene, 5976 Gaussians: 21.9 kB for the scale indices with one table, 16.5 bits a
         # Gaussian = 12.3 kB order-0 per stage)
-        for name, idx in (("scale_indices", i_s), ("rotation_indices", i_r)):
+        if self.color_dc:
+            streams["color_codebooks"] = (cb_c.numpy(), "raw")
+        for name, idx in indices.items():
             for stage in range(idx.shape[1]):
                 streams[f"{name}_{stage}"] = (np.ascontiguousarray(idx[:, stage]), "rans")
         return metadata, streams
@@ -574,9 +641,10 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     if not isinstance(metadata, dict):
         _fail(source, "metadata must be an object")
     version = _meta_int(metadata, "c3dgs_version", source, 1)
-    if version != FORMAT_VERSION:
-        _fail(source, f"stream version {version} is not supported (this reader reads version {FORMAT_VERSION}"
-                      f"{'; re-encode older files with scenezip compress' if version < FORMAT_VERSION else ''})")
+    if version not in READ_VERSIONS:
+        _fail(source, f"stream version {version} is not supported (this reader reads versions "
+                      f"{', '.join(map(str, READ_VERSIONS))}"
+                      f"{'; re-encode older files with scenezip compress' if version < min(READ_VERSIONS) else ''})")
     n = _meta_int(metadata, "n_gaussians", source, 1)
     p_lo, p_hi, p_bits = _meta_range(metadata.get("positions"), "positions", source, 3)
     if p_bits > MAX_POSITION_BITS:
@@ -596,6 +664,14 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     n_stages, book = shapes["scales"]
     if book > 1 << 16:
         _fail(source, f"codebook_size {book} exceeds 65536")
+    dc_stages = 0
+    if "colors" in rvq:
+        d = rvq["colors"]
+        if version < 3 or not isinstance(d, dict) or d.get("dim") != 3:
+            _fail(source, "metadata rvq colors must be an object with dim 3 (stream version 3 and later)")
+        dc_stages = _meta_int(d, "n_stages", source, 1)
+        if _meta_int(d, "codebook_size", source, 1) != book:
+            _fail(source, f"R-VQ codebook size of the colours {d.get('codebook_size')!r} differs from {book}")
     cf = metadata.get("color_field")
     if not isinstance(cf, dict) or not isinstance(cf.get("config"), dict):
         _fail(source, "metadata 'color_field' needs 'config'")
@@ -608,7 +684,8 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     try:
         threshold = float(metadata.get("mask_threshold", MASK_THRESHOLD))
         model = C3DGSModel(torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), None, config,
-                           cf.get("bounds"), True, n_stages, book, threshold, backend="torch")  # fmt: skip
+                           cf.get("bounds"), True, n_stages, book, threshold, backend="torch",
+                           sh0=torch.zeros(n, 3) if dc_stages else None, dc_stages=dc_stages or DC_STAGES)  # fmt: skip
     except (ValueError, TypeError) as e:
         _fail(source, f"metadata does not describe a model ({e})")
     n_mlp = model.color_field.mlp.n_params()
@@ -621,7 +698,11 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
         "position_high": ((n,), ("uint32",)), "position_low": (None, ("uint8",)),
     }  # fmt: skip
     idx_names = {key: [f"{key}_{stage}" for stage in range(n_stages)] for key in ("scale_indices", "rotation_indices")}
-    for name in idx_names["scale_indices"] + idx_names["rotation_indices"]:
+    if dc_stages:
+        idx_names["color_indices"] = [f"color_indices_{stage}" for stage in range(dc_stages)]
+        expect["color_codebooks"] = ((dc_stages, book, 3), ("float16",))
+    all_idx = [name for names in idx_names.values() for name in names]
+    for name in all_idx:
         expect[name] = ((n,), ("uint8", "uint16"))
     for name, (shape, dtypes) in expect.items():
         if name not in arrays:
@@ -636,10 +717,10 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
     for name, bits in (("opacities", o_bits),):
         if bits > 32 or (arrays[name].size and int(arrays[name].max()) >= 1 << bits):
             _fail(source, f"stream {name!r} holds values beyond {bits} bits")
-    for name in idx_names["scale_indices"] + idx_names["rotation_indices"]:
+    for name in all_idx:
         if int(arrays[name].max()) >= book:
             _fail(source, f"stream {name!r} holds an index >= codebook_size {book}")
-    for name in ("scale_codebooks", "rotation_codebooks", "mlp"):
+    for name in ("scale_codebooks", "rotation_codebooks", "mlp") + (("color_codebooks",) if dc_stages else ()):
         if not np.all(np.isfinite(arrays[name])):
             _fail(source, f"stream {name!r} holds non-finite values")
     q_pos = decode_positions(arrays["position_high"], arrays["position_low"], metadata["positions"], n, source)
@@ -657,6 +738,13 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
             torch.from_numpy(np.stack([arrays[k] for k in idx_names[key]], axis=1).astype(np.int64))
             for key in ("scale_indices", "rotation_indices")
         )
+        if dc_stages:
+            model.dc_vq.codebooks.copy_(torch.from_numpy(arrays["color_codebooks"].astype(np.float32)))
+            model.dc_vq.initted.fill_(True)
+            model.dc_indices = torch.from_numpy(
+                np.stack([arrays[k] for k in idx_names["color_indices"]], axis=1).astype(np.int64)
+            )
+            s[DC_NAME].copy_(rvq_decode(model.dc_indices, model.dc_vq.codebooks))  # informative only
         scales = rvq_decode(model.scale_indices, model.scale_vq.codebooks)
         s["scales"].copy_(torch.log(scales.abs().clamp_min(1e-12)))  # informative only: render uses the codes
         s["quats"].copy_(rvq_decode(model.rot_indices, model.rot_vq.codebooks))

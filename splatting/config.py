@@ -150,6 +150,13 @@ class C3DGSConfig(GaussianTrainConfig):
     color_log2_hashmap_size: Optional[int] = None
     """log2 entries per level of the colour field's hash table; None: 19 for unbounded captures, 16 for object
     captures (Blender-like, as Compact-3DGS on NeRF-synthetic) and 14 for captures under 64k pixels a view."""
+    color_dc: bool = True
+    """Each Gaussian keeps a base colour (a DC SH coefficient, R-VQ'd with dc_stages stages) and the colour field
+    learns the view-dependent rest on top of it; off: the field learns all colour (Compact-3DGS)."""
+    dc_stages: int = 3
+    """R-VQ stages of the base colours (color_dc only; codes per stage: rvq_codebook_size)."""
+    lr_sh0: float = 2.5e-3
+    """Learning rate of the base colours (color_dc only; 3DGS' DC colour rate)."""
     color_levels: int = 16
     """Hash-grid levels of the colour field."""
     color_view_sh_degree: int = 3
@@ -195,7 +202,7 @@ class C3DGSConfig(GaussianTrainConfig):
     5k, 15k and 25k of 30k)."""
     position_bits: Optional[int] = None
     """Bits per axis of the stored positions over the kept Gaussians' bounding box (1..21); None: the fewest that
-    keep the rounding error under 0.1 of the 1st-percentile smallest Gaussian axis (8..21)."""
+    keep the rounding error under 0.1 of the median smallest Gaussian axis (8..21)."""
 
 
 @dataclass

@@ -134,12 +134,13 @@ def fit_directions(n_dirs: int, seed: int = 0) -> torch.Tensor:  # -> [n_dirs, 3
 
 @torch.no_grad()
 def bake_sh(color_fn, means: torch.Tensor, sh_degree: int = 3, n_dirs: int = 64, seed: int = 0,
-            chunk: int = FIT_CHUNK) -> tuple[torch.Tensor, float]:  # fmt: skip
+            chunk: int = FIT_CHUNK, pass_rows: bool = False) -> tuple[torch.Tensor, float]:  # fmt: skip
     """Least-squares SH coefficients of a view-dependent colour function.
 
     Args:
         color_fn: ``color_fn(means [M, 3], dirs [D, M, 3]) -> [D, M, 3]`` colours for unit view
-            directions (camera -> Gaussian, gsplat's convention).
+            directions (camera -> Gaussian, gsplat's convention); with ``pass_rows``,
+            ``color_fn(means, dirs, rows)`` also gets the ``slice`` of the Gaussians in ``means``.
         means: ``[N, 3]`` Gaussian centres.
         sh_degree: SH degree of the fit (0..3); needs ``n_dirs >= (sh_degree + 1)^2``.
         n_dirs: directions sampled per Gaussian (see :func:`fit_directions`).
@@ -162,7 +163,7 @@ def bake_sh(color_fn, means: torch.Tensor, sh_degree: int = 3, n_dirs: int = 64,
     for a in range(0, n, chunk):
         m = means[a : a + chunk].to(torch.float32)
         d = dirs[:, None, :].expand(n_dirs, m.shape[0], 3)
-        target = color_fn(m, d).to(torch.float64)  # [D, M, 3]
+        target = (color_fn(m, d, slice(a, a + m.shape[0])) if pass_rows else color_fn(m, d)).to(torch.float64)
         coeffs = torch.einsum("kd,dmc->mkc", pinv, target - 0.5)  # [M, K, 3]
         fit = (torch.einsum("dk,mkc->dmc", basis, coeffs) + 0.5).clamp_min(0.0)
         sq += float(((fit - target) ** 2).sum())
@@ -211,12 +212,11 @@ def to_plain(model: Any, sh_degree: int | None = None, n_dirs: int = 64, seed: i
         quats = _unit_quats(a["quats"].detach()[keep])
         scales = torch.log(a["scales"].detach()[keep].abs().clamp_min(1e-12))
         logits = model.splats["opacities"].detach()[keep]
-        field = model.color_field
 
-        def color_fn(m, d):
-            return field.colors_from_features(field.features(m), d)
+        def color_fn(m, d, rows):
+            return model.colors(d, keep[rows], a)
 
-        coeffs, rms = bake_sh(color_fn, means, degree, n_dirs, seed)
+        coeffs, rms = bake_sh(color_fn, means, degree, n_dirs, seed, pass_rows=True)
         c = coeffs.cpu()
         return PlainSplats(means.cpu().numpy(), quats.cpu().numpy(), scales.cpu().numpy(), logits.cpu().numpy(),
                            c[:, :1].numpy(), c[:, 1:].numpy(), fit_error=rms)  # fmt: skip

@@ -156,7 +156,8 @@ class C3DGSRecipe(Gaussian3DRecipe):
             log2 = 14 if pixels < 65536 else 16 if ds.meta.get("layout") == "object" else 19
         hidden = c.color_hidden_dim if c.color_hidden_dim is not None else 32 if pixels < 65536 else 64
         return ColorFieldConfig(n_levels=c.color_levels, log2_hashmap_size=int(log2),
-                                view_sh_degree=c.color_view_sh_degree, hidden_dim=int(hidden))  # fmt: skip
+                                view_sh_degree=c.color_view_sh_degree, hidden_dim=int(hidden),
+                                output="sh0" if c.color_dc else "sigmoid")  # fmt: skip
 
     def init_model(self, ds: Dataset, device: torch.device) -> Any:
         from scenezip.splatting.c3dgs import C3DGSModel
@@ -168,7 +169,7 @@ class C3DGSRecipe(Gaussian3DRecipe):
         return C3DGSModel.from_gaussians(
             g, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
             rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
-            position_bits=c.position_bits,
+            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages,
         ).to(device)  # fmt: skip
 
     def hash_codec_settings(self) -> dict | None:
@@ -186,12 +187,13 @@ class C3DGSRecipe(Gaussian3DRecipe):
     def optimizers(self, model: Any, extent: float) -> dict[str, torch.optim.Adam]:
         c = self.config
         lrs = {"means": c.lr_means * extent, "quats": c.lr_quats, "scales": c.lr_scales,
-               "opacities": c.lr_opacities, "masks": c.lr_masks}  # fmt: skip
-        opts = {name: _adam([model.splats[name]], lr, name) for name, lr in lrs.items()}
+               "opacities": c.lr_opacities, "masks": c.lr_masks, "sh0": c.lr_sh0}  # fmt: skip
+        opts = {name: _adam([model.splats[name]], lr, name) for name, lr in lrs.items() if name in model.splats}
         opts["color"] = torch.optim.Adam(
             model.color_field.param_groups(c.lr_color_grid, c.lr_color_mlp), eps=1e-15, betas=(0.9, 0.999)
         )
-        opts["codebooks"] = _adam([model.scale_vq.codebooks, model.rot_vq.codebooks], c.lr_codebooks, "codebooks")
+        books = [vq.codebooks for vq in (model.scale_vq, model.rot_vq, model.dc_vq) if vq is not None]
+        opts["codebooks"] = _adam(books, c.lr_codebooks, "codebooks")
         if getattr(model, "hash_codec", None) is not None:
             opts["hash_codec"] = torch.optim.Adam(
                 model.hash_codec.param_groups(c.lr_hash_mask, c.lr_hash_step), eps=1e-15, betas=(0.9, 0.999)

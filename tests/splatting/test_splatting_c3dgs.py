@@ -15,7 +15,7 @@ from scenezip.fields.hashgrid import level_offsets
 from scenezip.quant.codecs import get_codec
 from scenezip.quant.morton import morton_encode
 from scenezip.splatting.c3dgs import (
-    FORMAT_VERSION, METHOD, C3DGSModel, auto_position_bits, c3dgs_from_streams, decode_positions, encode_positions,
+    FORMAT_VERSION, METHOD, READ_VERSIONS, C3DGSModel, auto_position_bits, c3dgs_from_streams, decode_positions, encode_positions,
     morton_decode,
 )
 from scenezip.splatting.gaussians import GaussianModel
@@ -203,7 +203,7 @@ def test_corrupted_metadata_raises(coded):
     _corrupt(coded, lambda md, a: a.__setitem__("scale_indices_0", a["scale_indices_0"].astype(np.float32)))
     _corrupt(coded, lambda md, a: a.pop("rotation_indices_5"))
     _corrupt(coded, lambda md, a: a["rotation_indices_2"].__setitem__(0, 64))  # index >= codebook_size
-    _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION - 1))  # old files fail cleanly
+    _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", min(READ_VERSIONS) - 1))  # old files fail cleanly
     _corrupt(coded, lambda md, a: md.__setitem__("c3dgs_version", FORMAT_VERSION + 1))
     _corrupt(coded, lambda md, a: md["positions"].__setitem__("low_bits", 99))
     _corrupt(coded, lambda md, a: md["positions"].__setitem__("first_high", -1))
@@ -221,7 +221,7 @@ def test_frozen_model_cannot_be_coded_again(coded):
         m.quantized_copy().to_streams()
 
 
-def test_auto_position_bits_follow_the_smallest_gaussians():
+def test_auto_position_bits_follow_the_typical_gaussian():
     g = np.random.default_rng(1)
     means = g.uniform(-1, 1, size=(1000, 3))
     scales = np.full((1000, 3), 0.01)
@@ -230,6 +230,10 @@ def test_auto_position_bits_follow_the_smallest_gaussians():
     assert auto_position_bits(means, scales / 16) == 14  # 16x smaller Gaussians: 4 more bits
     assert auto_position_bits(means, scales * 1e-9) == 21 and auto_position_bits(means, scales * 1e3) == 8
     assert auto_position_bits(means[:1], scales[:1]) == 16  # no extent: the default
+    # a few tiny Gaussians (invisible at any resolution that shows the rest) do not set the precision
+    tiny = scales.copy()
+    tiny[:20] = 1e-6
+    assert auto_position_bits(means, tiny) == 10
 
 
 def test_morton_decode_inverts_encode_and_positions_round_trip():
@@ -323,3 +327,77 @@ def test_post_hoc_conversion_distils_through_the_hash_codec(tmp_path):
         torch.testing.assert_close(_render(d), _render(m.quantized_copy()), rtol=0, atol=0)
         out[lam] = sum(r.nbytes for name, r in scene.streams.items() if name.startswith("hash_")), size
     assert out[1.0][0] < out[0.01][0], out  # a larger rate term, a smaller stored table
+
+
+# ---------------------------------------------------------------------------------------------- base colour
+CFG_DC = ColorFieldConfig(n_levels=4, log2_hashmap_size=8, base_resolution=4, per_level_scale=2.0, hidden_dim=16,
+                          output="sh0")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def coded_dc(tmp_path_factory):
+    gm = _gaussians(150, seed=5)
+    m = C3DGSModel.from_gaussians(gm, CFG_DC, BOUNDS, backend="torch", seed=5, color_dc=True)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        m.color_field.grid.params.copy_(torch.randn(m.color_field.grid.params.shape, generator=g) * 0.3)
+        for p in m.color_field.mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        m.splats["masks"][:9] = -8.0
+    meta, streams = m.to_streams()
+    path = tmp_path_factory.mktemp("c3dgs_dc") / "scene.scz"
+    write_scz(path, METHOD, meta, streams)
+    return gm, m, meta, streams, path
+
+
+def test_base_colour_starts_as_the_dc_colour():
+    """A fresh model with base colours renders exactly the source's DC colours (the field's last layer is 0)."""
+    gm = _gaussians(80, seed=4)
+    m = C3DGSModel.from_gaussians(gm, CFG_DC, BOUNDS, backend="torch", use_rvq=False, color_dc=True)
+    dirs = torch.randn(80, 3)
+    want = torch.clamp_min(0.28209479177387814 * gm.sh0.reshape(80, 3) + 0.5, 0.0)
+    assert torch.allclose(m.colors(dirs), want, atol=1e-6)
+    # the field then learns a view-dependent correction: gradients reach the MLP's last layer and the base
+    m.colors(dirs).sum().backward()
+    assert m.color_field.mlp.layers[-1].weight.grad.abs().sum() > 0
+    assert m.splats["sh0"].grad.abs().sum() > 0
+
+
+def test_base_colour_round_trip_and_rvq(coded_dc):
+    gm, m, meta, streams, path = coded_dc
+    assert meta["rvq"]["colors"]["n_stages"] == 3 and meta["c3dgs_version"] == FORMAT_VERSION
+    assert {f"color_indices_{k}" for k in range(3)} | {"color_codebooks"} <= set(streams)
+    scene = read_scz(path)
+    d = c3dgs_from_streams(decode_streams(scene), scene.metadata, str(path))
+    q = m.quantized_copy()
+    assert d.color_dc and len(d) == 141
+    vm, K = _cameras()
+    with torch.no_grad():
+        r1, r2 = d.render(vm, K, 32, 24, backend="torch")[0], q.render(vm, K, 32, 24, backend="torch")[0]
+    assert torch.equal(r1, r2)
+    # the decoded base colours are the 3-stage code sums of the kept Gaussians' DC colours, close to them
+    a = d.activated()
+    cb = torch.from_numpy(streams["color_codebooks"][0].astype(np.float32))
+    assert torch.equal(a["sh0"], sum(cb[s][d.dc_indices[:, s]] for s in range(3)))
+    kept_dc = gm.sh0.reshape(150, 3)[9:]
+    err = (torch.sort(a["sh0"].norm(dim=1)).values - torch.sort(kept_dc.norm(dim=1)).values).abs().mean()
+    assert float(err) < 0.1 * float(kept_dc.norm(dim=1).mean())
+    # a saved live model keeps its base colour
+    back = C3DGSModel.from_dict(m.to_dict())
+    assert back.color_dc and torch.equal(back.splats["sh0"], m.splats["sh0"])
+
+
+def test_base_colour_streams_are_checked(coded_dc):
+    _, _, _, _, path = coded_dc
+    c = (None, None, None, path)
+    _corrupt(c, lambda md, a: a.pop("color_indices_2"))
+    _corrupt(c, lambda md, a: a["color_indices_0"].__setitem__(0, 64))
+    _corrupt(c, lambda md, a: a.__setitem__("color_codebooks", a["color_codebooks"][:2]))
+    _corrupt(c, lambda md, a: md["rvq"]["colors"].__setitem__("dim", 4))
+    _corrupt(c, lambda md, a: md["rvq"]["colors"].__setitem__("codebook_size", 32))
+    _corrupt(c, lambda md, a: md.__setitem__("c3dgs_version", 2))  # version 2 files have no base colour
+    arrays = decode_streams(read_scz(path))
+    arrays["color_codebooks"] = arrays["color_codebooks"].copy()
+    arrays["color_codebooks"][0, 0, 0] = np.inf
+    with pytest.raises(SceneFileError, match="non-finite"):
+        c3dgs_from_streams(arrays, read_scz(path).metadata, str(path))
