@@ -24,6 +24,10 @@ weights of a chunk and applies the analytic derivatives (``dw/ds = -w``, ``ds/dc
 ``ds/dmean``), so no per-pair tensor outlives a chunk and nothing needs checkpointing. The
 tests check it against autograd through :func:`rasterize_image_dense`, the slow, obviously-correct
 reference that evaluates every (pixel, Gaussian) pair.
+
+The image is linear in the colours: ``image = W @ colors`` with a sparse ``W`` ``[H W, N]``.
+:func:`image_weights` lists the non-zero entries of ``W`` (the same pairs and weights the renderer
+sums), so an encoder can solve for colours by least squares and round them with error feedback.
 """
 
 from __future__ import annotations
@@ -170,3 +174,51 @@ def rasterize_image_dense(
     s = 0.5 * (z1 * z1 + z2 * z2)
     w = torch.where(s <= CUTOFF, torch.exp(-s), torch.zeros_like(s))  # [H, W, N]
     return torch.einsum("hwn,nd->hwd", w, colors)
+
+
+@torch.no_grad()
+def image_weights(
+    means: Tensor,  # [N, 2] pixels
+    chol: Tensor,  # [N, 3] Cholesky factor (l1, l2, l3), pixels
+    width: int,
+    height: int,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
+) -> tuple[Tensor, Tensor, Tensor]:  # pixel [M] int64, gaussian [M] int64, weight [M]
+    """The non-zero entries of ``W`` ``[H * W, N]`` with ``rasterize_image(means, chol, colors) ==
+    (W @ colors).reshape(H, W, D)``: row ``y * width + x``, column ``i`` and the weight ``exp(-s)`` of
+    every (pixel, Gaussian) pair within the cutoff, in the dtype of ``means``. Not differentiable;
+    memory is the number of pairs (the tile overlaps are expanded ``chunk_pairs`` at a time)."""
+    _check_inputs(means, chol, chol, width, height)
+    if tile_size < 1 or chunk_pairs < 1:
+        raise ValueError(f"tile_size and chunk_pairs must be >= 1, got {tile_size}, {chunk_pairs}")
+    means = means.detach()
+    conics, cov = chol_to_conics(chol.detach())
+    half = torch.sqrt(2.0 * CUTOFF * cov[:, [0, 2]].clamp_min(0.0)) + 1.0
+    finite = torch.isfinite(half).all(-1) & torch.isfinite(means).all(-1)
+    half = torch.where(finite[:, None], half, torch.zeros_like(half))
+    n = means.shape[0]
+    isect = isect_tiles(means[None], half[None], torch.zeros(1, n, dtype=means.dtype, device=means.device),
+                        width, height, tile_size)  # fmt: skip
+    gid, key = isect.flatten_ids, isect.tile_keys
+    ox = (key % isect.tile_width) * tile_size
+    oy = torch.div(key, isect.tile_width, rounding_mode="floor") * tile_size
+    local = torch.arange(tile_size * tile_size, device=means.device)
+    lx, ly = local % tile_size, torch.div(local, tile_size, rounding_mode="floor")
+    rows, cols, vals = [], [], []
+    step = max(1, chunk_pairs // local.numel())
+    for a in range(0, gid.numel(), step):
+        g = gid[a : a + step]
+        px, py = ox[a : a + step, None] + lx, oy[a : a + step, None] + ly  # [T, P]
+        dx = (px.to(means.dtype) + 0.5) - means[g, 0:1]
+        dy = (py.to(means.dtype) + 0.5) - means[g, 1:2]
+        con = conics[g]
+        s = 0.5 * (con[:, 0:1] * dx * dx + con[:, 2:3] * dy * dy) + con[:, 1:2] * dx * dy
+        keep = (s <= CUTOFF) & (px < width) & (py < height)
+        rows.append((py * width + px)[keep])
+        cols.append(g[:, None].expand_as(s)[keep])
+        vals.append(torch.exp(-s.clamp_min(0.0))[keep])
+    if not rows:
+        e = torch.zeros(0, dtype=torch.long, device=means.device)
+        return e, e, torch.zeros(0, dtype=means.dtype, device=means.device)
+    return torch.cat(rows), torch.cat(cols), torch.cat(vals)

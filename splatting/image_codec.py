@@ -69,7 +69,7 @@ from scenezip.errors import SceneFileError
 from scenezip.quant import entropy
 from scenezip.quant.morton import MORTON_BITS, morton_encode, morton_order
 from scenezip.quant.scalar import UniformQuantizer
-from scenezip.render.rasterization_image import rasterize_image
+from scenezip.render.rasterization_image import image_weights, rasterize_image
 from scenezip.scenes.scz import PREAMBLE, SceneFile, _header_bytes, encode_streams, read_scz, write_scz
 from scenezip.splatting.image_gaussians import FitConfig, ImageGaussians, Params, chol_from_raw, fit, init_from_image
 
@@ -327,6 +327,84 @@ def quantize_model(model: ImageGaussians, quant: QuantConfig, chol_range: np.nda
         np.asarray(chol_range, dtype=np.int64).reshape(2, 3),
         q_pos[order], q_chol[order], q_color[order],
     )  # fmt: skip
+
+
+def _basis_matrix() -> np.ndarray:  # [3, 3] float64, rows = COLOR_BASIS
+    return np.array(COLOR_BASIS, dtype=np.float64)
+
+
+def _color_system(means: Tensor, chol_raw: Tensor, img: Tensor):
+    """Sparse ``W`` ``[H W, N]`` (scipy CSR, float64) of the render of ``means, chol_raw``, with
+    ``render = W @ colors`` (see :func:`scenezip.render.rasterization_image.image_weights`)."""
+    import scipy.sparse as sp
+
+    h, w = int(img.shape[0]), int(img.shape[1])
+    rows, cols, vals = image_weights(means.detach().cpu().to(torch.float64),
+                                     chol_from_raw(chol_raw.detach().cpu().to(torch.float64)), w, h)  # fmt: skip
+    return sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(h * w, means.shape[0]))
+
+
+def solve_colors(means: Tensor, chol_raw: Tensor, colors: Tensor, img: Tensor, ridge: float = 1e-3) -> np.ndarray:
+    """Least-squares colours ``[N, 3]`` (float64, in the luma/chroma basis) of the Gaussians ``means``
+    ``[N, 2]``, ``chol_raw`` ``[N, 3]`` against ``img`` ``[H, W, 3]``: ``argmin |W x M - img|^2 +
+    lam |x - x0|^2`` with ``x0`` the basis coordinates of ``colors`` ``[N, 3]`` and ``lam = ridge *
+    mean(diag(W^T W))`` (keeps barely-seen Gaussians near their fitted colour). The render is linear
+    in the colours and ``M`` is orthonormal, so the three basis channels are three sparse solves with
+    one matrix (the clamp of the decoded image to [0, 1] is ignored)."""
+    from scipy.sparse import identity
+    from scipy.sparse.linalg import splu
+
+    wm = _color_system(means, chol_raw, img)
+    hm = (wm.T @ wm).tocsc()
+    lam = float(ridge) * float(hm.diagonal().mean()) if hm.shape[0] else 0.0
+    basis = _basis_matrix()
+    y = img.detach().cpu().to(torch.float64).reshape(-1, 3).numpy() @ basis.T
+    x0 = colors.detach().cpu().to(torch.float64).numpy() @ basis.T
+    return splu((hm + lam * identity(hm.shape[0], format="csc")).tocsc()).solve(np.asarray(wm.T @ y + lam * x0))
+
+
+def round_colors(code: ImageCode, img: Tensor, ridge: float = 1e-3, block: int = 1024) -> ImageCode:
+    """``code`` with its colour integers replaced by least-squares colours of its decoded geometry,
+    rounded with error feedback (GPTQ-style sequential rounding, Frantar et al. 2023).
+
+    The loss ``|W x - y|^2`` is quadratic in the colours ``x`` with Hessian ``H = W^T W``: rounding
+    them one at a time (in the stored Morton order) and moving the not-yet-rounded ones by
+    ``-e_i U[i, i:] / U[i, i]`` (``U`` the upper Cholesky factor of ``H^-1``) lets neighbours absorb
+    each rounding error, where independent rounding leaves it in the image. Measured on kodim03 at
+    256x170, 1 bpp: 30.0 dB with rounding to nearest, 31.9 dB with this, for 1.7% more bytes. Dense
+    algebra per ``block`` of consecutive Gaussians (errors of earlier blocks are compensated by a
+    block solve), so memory stays ``block^2``; a Python loop over the Gaussians of a block (a vector
+    update each, ``O(block^2)`` work in all)."""
+    import scipy.linalg as sl
+
+    n = code.n
+    if n == 0:
+        return code
+    means, chol_raw, colors = code_to_params(code)
+    step = color_step_from_q(code.color_step_q)
+    x = solve_colors(means, chol_raw, colors, img, ridge) / step  # [N, 3] in steps
+    wm = _color_system(means, chol_raw, img)
+    hm = (wm.T @ wm).tocsr()
+    lam = float(ridge) * float(hm.diagonal().mean())
+    q = np.zeros_like(x)
+    err = np.zeros_like(x)  # (q - x) of rounded Gaussians, 0 for the rest
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        hb = hm[b0:b1, b0:b1].toarray()
+        hb[np.diag_indices_from(hb)] += lam
+        cho = sl.cho_factor(hb, lower=True)
+        xb = x[b0:b1].copy()
+        if b0:
+            xb -= sl.cho_solve(cho, np.asarray(hm[b0:b1] @ err))  # absorb the earlier blocks' errors
+        u = np.linalg.cholesky(sl.cho_solve(cho, np.eye(b1 - b0))).T  # H_bb^-1 = U^T U
+        for i in range(b1 - b0):
+            q[b0 + i] = np.round(xb[i])
+            e = (xb[i] - q[b0 + i]) / u[i, i]
+            xb[i + 1 :] -= u[i, i + 1 :, None] * e[None, :]
+        err[b0:b1] = q[b0:b1] - x[b0:b1]
+    if np.abs(q).max() > 32767:
+        raise ValueError(f"colour step {step} too small: colours need more than 16 bits")
+    return replace(code, q_color=q.astype(np.int16))
 
 
 def code_to_params(code: ImageCode) -> tuple[Tensor, Tensor, Tensor]:
@@ -685,6 +763,7 @@ def encode_image(
     qat_fraction: float = 0.3,
     tolerance: float = 0.1,
     search: bool = True,
+    refine_colors: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> EncodeResult:
@@ -751,6 +830,14 @@ def encode_image(
         k, size = _prune_to(model, order, quant, chol_q, target, sizer)
         log.append(f"under target after fine-tuning: colour step {quant.color_step:.5f}")
     code = quantize_model(model.keep(order[:k]), quant, chol_q)
+    if refine_colors:  # error-feedback rounding costs a few % more bytes: drop Gaussians until it fits
+        for _ in range(8):
+            code = round_colors(quantize_model(model.keep(order[:k]), quant, chol_q), target_img)
+            size = sizer(code)
+            if size <= target or k == 1:
+                break
+            k = max(1, k - math.ceil((size - target) * k / size))
+        log.append(f"colours rounded with error feedback: {code.n} Gaussians, {size} B")
     nbytes = write_code(path, code)
     decoded = torch.from_numpy(render_code(code).astype(np.float32) / 255.0)
     mse = float(torch.mean((decoded - target_img) ** 2))

@@ -16,6 +16,10 @@ covariance and an RGB colour with opacity folded in, and the image is their accu
   the initial sum of weights there (so the first render is already close to the image).
 - **Schedule**: cosine decay of every learning rate to ``final_lr_fraction`` of its start (GaussianImage
   halves the rate every 20k of 50k GPU steps; a CPU fit has a few hundred to a few thousand steps).
+- **Learning rates** tuned for short CPU fits (measured at 105 steps, 256x170: lr_means 0.3 -> 0.6 and
+  lr_chol 0.05 -> 0.2 raised the float PSNR from 33.3 to 34.3 dB on kodim03 with 1600 Gaussians and
+  from 21.6 to 22.5 dB on kodim05 with 700; a higher colour rate or least-squares initial colours
+  did not help on top of that).
 - **Loss** on the render clamped to [0, 1], the pixels a decoder outputs (before 8-bit rounding).
 
 :func:`fit` takes an optional ``transform`` of the parameters applied in every forward pass: the codec
@@ -155,9 +159,9 @@ class FitConfig:
 
     steps: int = 1000
     """Optimization steps."""
-    lr_means: float = 0.3
+    lr_means: float = 0.6
     """Learning rate of the positions (pixels)."""
-    lr_chol: float = 0.05
+    lr_chol: float = 0.2
     """Learning rate of the raw Cholesky factors (log l1, l2, log l3)."""
     lr_colors: float = 0.02
     """Learning rate of the colours."""
