@@ -606,7 +606,7 @@ class C3DGSModel(nn.Module):
         built in memory from the arrays :meth:`to_streams` would code; renders like the decoded file."""
         metadata, streams = self._post_process(hash_zero_threshold)
         arrays = {name: arr for name, (arr, _) in streams.items()}
-        return c3dgs_from_streams(arrays, metadata, "quantized copy").to(self.device)
+        return c3dgs_from_streams(arrays, metadata, "quantized copy", cls=type(self)).to(self.device)
 
 
 def _fail(source: str, msg: str):
@@ -634,8 +634,11 @@ def _meta_range(d: Any, name: str, source: str, size: int | None) -> tuple[np.nd
     return lo, hi, bits
 
 
-def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: str = "scene") -> C3DGSModel:
-    """Inverse of :meth:`C3DGSModel.to_streams`: a frozen model whose render is the decoded scene.
+def c3dgs_from_streams(
+    arrays: dict[str, np.ndarray], metadata: dict, source: str = "scene", cls: type[C3DGSModel] | None = None
+) -> C3DGSModel:
+    """Inverse of :meth:`C3DGSModel.to_streams`: a frozen model whose render is the decoded scene, of class
+    ``cls`` (default :class:`C3DGSModel`; subclasses that share this stream contract pass their own).
 
     Every shape, dtype and count is checked against ``metadata``; SceneFileError naming ``source``."""
     if not isinstance(metadata, dict):
@@ -683,7 +686,7 @@ def c3dgs_from_streams(arrays: dict[str, np.ndarray], metadata: dict, source: st
         _fail(source, "metadata 'color_field.hash' is missing")
     try:
         threshold = float(metadata.get("mask_threshold", MASK_THRESHOLD))
-        model = C3DGSModel(torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), None, config,
+        model = (cls or C3DGSModel)(torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), None, config,
                            cf.get("bounds"), True, n_stages, book, threshold, backend="torch",
                            sh0=torch.zeros(n, 3) if dc_stages else None, dc_stages=dc_stages or DC_STAGES)  # fmt: skip
     except (ValueError, TypeError) as e:
