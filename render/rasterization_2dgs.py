@@ -25,7 +25,11 @@ Deliberate differences from gsplat (the CUDA path is adapted so both backends me
 * ``surfel_depth``: gsplat composites each surfel's *centre* depth (``"center"``, the default, the
   only one its kernels can do). ``"intersection"`` composites the depth of the ray-surfel
   intersection, as the 2DGS paper's own rasterizer does, so a tilted surfel renders the depth of its
-  plane: what 2DGS is for. It is torch only.
+  plane: what 2DGS is for. It is torch only. As in 2DGS's kernel, a pixel whose ray misses the surfel's
+  disc (3.33 sigma) and sees it only through the screen-space filter takes the centre's depth instead
+  (2DGS switches wherever the filter wins; the disc keeps exact depths for sub-pixel surfels), and a
+  pair whose depth is not beyond ``near_plane`` is skipped. Without that, a surfel seen nearly edge-on
+  put depths far away or behind the camera into its filter pixels.
 * ``eps2d`` sets the low-pass filter: its variance is ``eps2d / 0.6`` px^2, so the default 0.3 is the
   2DGS / gsplat filter (``sigma = sqrt(2) / 2``, FilterInvSquare 2). gsplat's kernels hard-code that
   filter and ignore ``eps2d``; the CUDA path therefore takes only the default.
@@ -70,6 +74,7 @@ MAX_ALPHA = 0.999
 T_MIN = 1e-4  # compositing stops (exclusively) when the transmittance would reach this
 MEDIAN_T = 0.5
 BOX_SIGMAS = 3.33  # gsplat's 2DGS screen-space box, in sigmas of the projected surfel
+HALF_DISC = 0.5 * BOX_SIGMAS**2  # (u^2 + v^2) / 2 at the rim of the disc whose plane depth is used
 GSPLAT_EPS2D = 0.3  # the eps2d that gsplat's hard-coded 2DGS filter (FilterInvSquare = 2) stands for
 DEFAULT_TILE_SIZE_2DGS = 8
 
@@ -186,7 +191,8 @@ def _adjugate(M: Tensor) -> tuple[Tensor, Tensor]:
 _PACK_FEATS = 14
 
 
-def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool) -> Callable[..., Tensor]:
+def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool, near_plane: float = 0.0
+                   ) -> Callable[..., Tensor]:  # fmt: skip
     half_filter = 0.5 * filter_inv_sq
 
     def pixel_fn(pix: Tensor, ids: Tensor, valid: Tensor, packed: Tensor) -> Tensor:
@@ -211,9 +217,17 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool) -> 
         cx, cy, cz, half_rho2d = torch.bmm(pix_f, G).view(n_t, n_p, 4, n_k).unbind(2)  # [T, P, K] each
         hit = cz != 0
         cz_safe = torch.where(hit, cz, torch.ones_like(cz))
+        half_rho3d = (cx * cx + cy * cy) / (cz_safe * cz_safe)
         # capped far below the alpha threshold: exp of large arguments gives denormals, slow on CPUs
-        half_rho = torch.minimum((cx * cx + cy * cy) / (cz_safe * cz_safe), half_rho2d).clamp_max(40.0)
+        half_rho = torch.minimum(half_rho3d, half_rho2d).clamp_max(40.0)
         alpha = (opac[:, None] * torch.exp(-half_rho)).clamp_max(MAX_ALPHA)
+        if intersection:
+            # the plane's depth where the ray meets the surfel's disc (or its Gaussian beats the filter, as in
+            # 2DGS's kernel); elsewhere its centre's: there the ray may meet the plane far away or behind
+            on_plane = hit & (half_rho3d <= half_rho2d.clamp_min(HALF_DISC))
+            z = torch.where(on_plane, det[:, None, :] / torch.where(on_plane, cz, torch.ones_like(cz)),
+                            depth[:, None, :].expand_as(cz))  # fmt: skip
+            hit = hit & (z > near_plane)
         alpha = torch.where(hit & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
 
         t_after = torch.cumprod(1.0 - alpha, dim=-1)
@@ -227,7 +241,6 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool) -> 
         last = torch.where((alpha > 0) & (t_before > MEDIAN_T), torch.arange(n_k, device=ids.device), -1).amax(-1)
         found = (last >= 0).to(w.dtype)
         if intersection:
-            z = det[:, None, :] / cz_safe  # camera z of the ray-surfel intersection
             acc = torch.cat([acc, (w * z).sum(-1, keepdim=True)], -1)
             median = torch.gather(z, -1, last.clamp_min(0)[..., None])[..., 0] * found
         else:  # the depth is the last feature
@@ -246,7 +259,7 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool) -> 
 
 def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, height: int, filter_inv_sq: float,
                      distloss: bool, intersection: bool, tile_size: int, chunk_pairs: int,
-                     densify: Tensor | None = None) -> tuple[Tensor, TileIntersections]:
+                     densify: Tensor | None = None, near_plane: float = 0.0) -> tuple[Tensor, TileIntersections]:
     """Tiled compositing; returns ``[C, H, W, F + 4]`` (features, accumulated depth, alpha, median,
     distortion) and the tile intersections.
 
@@ -268,13 +281,13 @@ def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
         per_surfel.append(depths)  # composited like a colour channel
     packed = torch.cat(per_surfel, -1)
     packed = packed.reshape(C * N, packed.shape[-1])
-    fn = _tile_pixel_fn(filter_inv_sq, distloss, intersection)
+    fn = _tile_pixel_fn(filter_inv_sq, distloss, intersection, near_plane)
     out = rasterize_tiles(fn, (packed,), isect, width, height, feats.shape[-1] + 4, chunk_pairs)
     return out, isect
 
 
 def _composite_dense(proj: dict, feats: Tensor, opacities: Tensor, width: int, height: int, filter_inv_sq: float,
-                     distloss: bool, intersection: bool) -> Tensor:
+                     distloss: bool, intersection: bool, near_plane: float = 0.0) -> Tensor:
     """Every pixel against every visible surfel: a 3x3 ray-plane solve per pair, then a front-to-back loop."""
     C, N = proj["depths"].shape
     dtype, device = feats.dtype, feats.device
@@ -296,10 +309,16 @@ def _composite_dense(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
     kernel3d = torch.exp(-0.5 * (uvt[..., 0] ** 2 + uvt[..., 1] ** 2))
     m2 = proj["means2d"][:, None]  # [C, 1, N, 2]
     d2 = (m2[..., 0] - px[None, :, None]) ** 2 + (m2[..., 1] - py[None, :, None]) ** 2
-    kernel = torch.maximum(kernel3d, torch.exp(-0.5 * filter_inv_sq * d2))
+    kernel2d = torch.exp(-0.5 * filter_inv_sq * d2)
+    kernel = torch.maximum(kernel3d, kernel2d)
     alpha_all = (opacities[:, None, :] * kernel).clamp_max(MAX_ALPHA)  # [C, P, N]
     alpha_all = torch.where(solvable, alpha_all, torch.zeros_like(alpha_all))
-    z_all = uvt[..., 2] if intersection else proj["depths"][:, None, :].expand_as(alpha_all)
+    centre_z = proj["depths"][:, None, :].expand_as(alpha_all)
+    if intersection:  # the plane's depth where the surfel's Gaussian wins over the filter, else the centre's
+        z_all = torch.where(solvable & (kernel3d >= kernel2d.clamp_max(math.exp(-HALF_DISC))), uvt[..., 2], centre_z)
+        alpha_all = torch.where(z_all > near_plane, alpha_all, torch.zeros_like(alpha_all))
+    else:
+        z_all = centre_z
     visible = (proj["radii"] > 0).all(-1)  # [C, N]
     order = torch.argsort(proj["depths"].detach(), dim=-1, stable=True)  # [C, N]
     cams = torch.arange(C, device=device)
@@ -505,7 +524,7 @@ def rasterization_2dgs(
     tracked = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
     densify = torch.zeros_like(proj["means2d"], requires_grad=tracked)
     out, isect = _composite_tiled(proj, feats, opac, width, height, GSPLAT_EPS2D * 2.0 / eps2d, distloss,
-                                  surfel_depth == "intersection", tile_size, chunk_pairs, densify)
+                                  surfel_depth == "intersection", tile_size, chunk_pairs, densify, near_plane)
     results = _finish(out, D, viewmats, Ks, backgrounds, render_mode, depth_mode, distloss)
     meta = dict(proj, opacities=opac, gradient_2dgs=densify, tile_width=isect.tile_width,
                 tile_height=isect.tile_height, tile_size=tile_size, flatten_ids=isect.flatten_ids,
@@ -549,7 +568,7 @@ def rasterization_2dgs_reference(
     means_c, tu, tv, _ = _surfels_in_camera(means, quats, scales, viewmats)
     dense = dict(proj, means_c=means_c, tu=tu, tv=tv, K=_intrinsics(Ks))
     out = _composite_dense(dense, feats, opac, width, height, GSPLAT_EPS2D * 2.0 / eps2d, distloss,
-                           surfel_depth == "intersection")
+                           surfel_depth == "intersection", near_plane)
     results = _finish(out, D, viewmats, Ks, backgrounds, render_mode, depth_mode, distloss)
     return (*results, dict(proj, opacities=opac, backend="reference"))
 

@@ -250,6 +250,23 @@ class TestCorrectness:
         torch.testing.assert_close(fd, toward_camera.expand_as(fd), atol=1e-3, rtol=1e-3)
         assert distort.abs().max() < 1e-6  # one surfel cannot distort
 
+    @pytest.mark.parametrize("fn", [rasterization_2dgs, rasterization_2dgs_reference])
+    def test_edge_on_surfel_filter_pixels_take_centre_depth(self, fn):
+        # Seen almost edge-on, a surfel shows mostly through the screen-space filter; there the ray meets
+        # its plane far from the surfel (here up to ~1e3 units away, or behind the camera). 2DGS's kernel
+        # gives such pixels the centre's depth; the plane's depth only where the surfel's Gaussian wins.
+        W, H, f = 24, 20, 30.0
+        theta = math.radians(89.9)
+        viewmats, Ks = torch.eye(4)[None], torch.tensor([[[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]]])
+        quat = [math.cos(theta / 2), math.sin(theta / 2), 0.0, 0.0]  # normal nearly perpendicular to the view axis
+        surfel = _single([0.0, 0.05, 4.0], quat, 0.5, opacity=0.95)
+        depth, alpha, *_ = fn(*surfel, viewmats, Ks, W, H, render_mode="ED", surfel_depth="intersection")
+        seen = alpha[0, ..., 0] > 1e-3
+        assert seen.sum() >= 10
+        z = depth[0, ..., 0][seen]
+        assert torch.isfinite(z).all()
+        assert (z - 4.0).abs().max() < 3.4 * 0.5  # within the surfel's visible extent (alpha >= 1/255) in depth
+
     def test_tilted_surfel_renders_its_plane(self):
         W, H, f = 40, 32, 40.0
         theta = math.radians(40.0)

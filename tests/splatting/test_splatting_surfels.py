@@ -16,6 +16,7 @@ from scenezip.splatting.surfels import (
     FLAT_SCALE,
     SurfelLossConfig,
     SurfelModel,
+    default_surfel_depth,
     depth_distortion,
     normal_consistency,
     quats_from_normals,
@@ -111,7 +112,7 @@ def test_losses_vanish_on_a_consistent_surface_and_grow_when_perturbed():
     vm, K = _camera()
     cfg = _resolved()
     kw = SurfelModel.loss_render_kwargs(30_000, 30_000, cfg)
-    assert kw == {"distloss": True, "depth_mode": "median"}
+    assert kw == {"distloss": True, "depth_mode": "median", "surfel_depth": None}
     flat = _plane()
     _, _, meta = flat.render(vm, K, W, H, backend="torch", **kw)
     loss_flat, logs_flat = SurfelModel.extra_loss(meta, 30_000, 30_000, cfg)
@@ -242,3 +243,21 @@ def test_save_format_and_plain_export(tmp_path):
     assert m.to_plain(sh_degree=0).shN.shape == (16, 0, 3)
     with pytest.raises(ValueError, match="sh_degree"):
         m.to_plain(sh_degree=2)
+
+
+def test_surfel_depth_defaults_to_the_plane_on_the_torch_rasterizer():
+    # Centre depth is one value over a surfel's footprint: a tilted surfel's median depth is then flat, and
+    # its depth normals (the normal loss's target) face the camera instead of following the plane.
+    assert default_surfel_depth("cpu") == "intersection"
+    assert default_surfel_depth("cuda", "auto") == "center"  # gsplat's kernels composite centre depths only
+    assert default_surfel_depth("cuda", "torch") == "intersection"
+    vm, K = _camera()
+    m = _plane(tilt_deg=40.0)
+    with torch.no_grad():
+        _, alpha, meta = m.render(vm, K, W, H, backend="torch", render_mode="ED", depth_mode="median")
+        _, _, meta_i = m.render(vm, K, W, H, backend="torch", render_mode="ED", depth_mode="median",
+                                surfel_depth="intersection")  # fmt: skip
+    torch.testing.assert_close(meta["render_median"], meta_i["render_median"])
+    covered = alpha[0, ..., 0] > 0.5
+    median = meta["render_median"][0, ..., 0][covered]
+    assert float(median.max() - median.min()) > 0.1  # the tilted plane's depth varies across the image
