@@ -13,7 +13,9 @@ test views against the scene's exact ground truth:
   both sampled with 20k points, in normalized units.
 
 Depth is what :func:`scenezip.splatting.geometry.render_depth_normals` renders by default: median depth
-for surfels, expected depth for 3D Gaussians. Writes ``benchmarks/results/geometry_2dgs.json``
+for surfels (each surfel at its ray-plane intersection, the torch rasterizer's default since the centre
+depth of gsplat's kernels was found to make a staircase), expected depth for 3D Gaussians. Normals are
+compared signed: rendered normals face the camera, as the scene's true normals do. Writes ``benchmarks/results/geometry_2dgs.json``
 (``{"protocol", "rows"}``, DESIGN.md) and ``geometry_2dgs.md``.
 
     OMP_NUM_THREADS=1 python3 benchmarks/geometry_2dgs.py --size 48 --steps 300
@@ -136,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         "resolution": [args.size, args.size], "views": {"train": args.train, "val": 1, "test": args.test},
         "steps": args.steps, "random_points": args.random_points, "max_gaussians": args.max_gaussians,
         "split": "test views of the capture (depth, normals); training views fused for the mesh",
-        "depth": "median (2dgs) / expected (3dgs) z-depth, normalized units (farthest camera 1 from the centre)",
+        "depth": "median (2dgs, ray-plane intersection depth per surfel) / expected (3dgs) z-depth, normalized units "
+                 "(farthest camera 1 from the centre)",
+        "normals": "signed angle; rendered normals (2dgs: surfel normals; 3dgs: shortest axis) and true ones face the camera",
         "mask": "test pixels with alpha 255 and a true depth",
         "chamfer": f"TSDF mesh (voxel {args.voxel}) vs true surface, {N_SURFACE} samples each, normalized units",
         "surfel_losses": dataclasses.asdict(configs(args, Path("."), Path("."))["2dgs"].surfel),
