@@ -38,9 +38,10 @@ class CompressArgs:
     """R-VQ stages for scale and rotation."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
-    hash_rate_lambda: float = 3e-3
+    hash_rate_lambda: Optional[float] = None
     """Weight of the colour field's hash-table bits (per parameter) against the colour error while distilling a
-    3dgs model; larger gives a smaller file, 0 trains the table without its codec."""
+    3dgs model; larger gives a smaller file, 0 trains the table without its codec; None: 1e-4 with --color-dc,
+    3e-3 without."""
     hash_zero_threshold: float = 0.1
     """Only when hash_rate_lambda is 0: hash-table values with |v| at or below this are stored as 0."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
