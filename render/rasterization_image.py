@@ -25,6 +25,15 @@ weights of a chunk and applies the analytic derivatives (``dw/ds = -w``, ``ds/dc
 tests check it against autograd through :func:`rasterize_image_dense`, the slow, obviously-correct
 reference that evaluates every (pixel, Gaussian) pair.
 
+Two evaluations of the same sum. :func:`rasterize_image` buckets Gaussians into tiles (the layout a
+GPU kernel uses). :func:`rasterize_image_pairs` lists the exact (pixel, Gaussian) pairs: each
+Gaussian's cutoff ellipse is cut into row spans (``s = CUTOFF`` solved per row), so nothing is
+padded to tile boxes or to the deepest tile of a chunk, and per-pair work is a few gathers from
+short per-row arrays. Measured on kodim03 at 256x170 with 1600 Gaussians (1 thread, forward +
+backward): about 65 ms per step against 115-220 ms tiled (a naive pair list with ``[M, 3]`` gathers
+and ``index_add_`` was slower than the tiles: 1D gathers, ``segment_reduce`` and cache-sized chunks
+of 2^17 pairs made the difference). The image codec fits and decodes with it.
+
 The image is linear in the colours: ``image = W @ colors`` with a sparse ``W`` ``[H W, N]``.
 :func:`image_weights` lists the non-zero entries of ``W`` (the same pairs and weights the renderer
 sums), so an encoder can solve for colours by least squares and round them with error feedback.
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -149,6 +159,173 @@ def rasterize_image(
         checkpoint_chunks=False,
     )  # fmt: skip
     return img[0]
+
+
+def _pair_rows(means: Tensor, conics: Tensor, cov: Tensor, width: int, height: int):
+    """Row spans of every Gaussian's cutoff ellipse: Gaussian ``g`` [R], row ``y`` [R], first column
+    ``x0`` [R] and length ``nx`` [R] (int64, clamped to the image, grouped by Gaussian in index order).
+
+    Rows: pixel centres ``y + 0.5`` within ``my +- sqrt(2 CUTOFF Syy)``; columns: the exact solution of
+    ``s(x) = CUTOFF`` on that row (a quadratic in ``dx``). Both are padded by one pixel against float
+    rounding; the caller masks ``s <= CUTOFF`` per pair, so the pair set is exactly the tiled one."""
+    m = means.detach()
+    con, cv = conics.detach(), cov.detach()
+    dev = m.device
+    hy = torch.sqrt(2.0 * CUTOFF * cv[:, 2].clamp_min(0.0))
+    ok = torch.isfinite(hy) & torch.isfinite(m).all(-1) & torch.isfinite(con).all(-1) & (con[:, 0] > 0)
+    lo = torch.where(ok, torch.ceil(m[:, 1] - hy - 0.5) - 1, torch.zeros_like(hy)).clamp(0, height)
+    hi = torch.where(ok, torch.floor(m[:, 1] + hy - 0.5) + 1, torch.full_like(hy, -1.0)).clamp(-1, height - 1)
+    y0 = lo.long()
+    ny = (hi.long() - y0 + 1).clamp_min(0)
+    g = torch.repeat_interleave(torch.arange(m.shape[0], device=dev), ny)
+    if g.numel() == 0:
+        e = torch.zeros(0, dtype=torch.long, device=dev)
+        return e, e, e, e
+    first = torch.cumsum(ny, 0) - ny
+    y = y0[g] + (torch.arange(g.numel(), device=dev) - first[g])
+    a, b, c = con[g, 0], con[g, 1], con[g, 2]
+    dy = (y.to(m.dtype) + 0.5) - m[g, 1]
+    # 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - CUTOFF <= 0  <=>  dx in (-b dy -+ sqrt(disc)) / a
+    disc = (b * dy) ** 2 - a * (c * dy * dy - 2.0 * CUTOFF)
+    root = torch.sqrt(disc.clamp_min(0.0))
+    x_lo = torch.ceil(m[g, 0] + (-b * dy - root) / a - 0.5) - 1
+    x_hi = torch.floor(m[g, 0] + (-b * dy + root) / a - 0.5) + 1
+    x0 = x_lo.clamp(0, width).long()
+    nx = (x_hi.clamp(-1, width - 1).long() - x0 + 1).clamp_min(0)
+    return g, y, x0, nx
+
+
+def _pair_chunks(nx: Tensor, chunk_pairs: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges ``[r0, r1)`` of at most ``chunk_pairs`` pairs (at least one row each)."""
+    cum = torch.cumsum(nx, 0).cpu().numpy()
+    out, r0, n = [], 0, cum.shape[0]
+    while r0 < n:
+        base = cum[r0 - 1] if r0 else 0
+        r1 = max(r0 + 1, int(np.searchsorted(cum, base + chunk_pairs, side="right")))
+        out.append((r0, min(r1, n)))
+        r0 = r1
+    return out
+
+
+def _row_terms(rows: tuple[Tensor, Tensor, Tensor, Tensor], means: Tensor, conics: Tensor, width: int):
+    """Per-row constants ``[R]`` of ``s = (A dx + B) dx + Cc`` along a row (``A = a / 2``, ``B = b dy``,
+    ``Cc = c dy^2 / 2``), the offset ``dx0`` of its first pixel, its ``dy`` and the flat index of its
+    first pixel (int64): everything per pair is then one gather from a row array."""
+    g, y, x0, _ = rows
+    dt = means.dtype
+    mx, my = means[:, 0].index_select(0, g), means[:, 1].index_select(0, g)
+    a, b, c = (conics[:, k].index_select(0, g) for k in range(3))
+    dy = (y.to(dt) + 0.5) - my
+    return 0.5 * a, b * dy, 0.5 * c * dy * dy, (x0.to(dt) + 0.5) - mx, dy, y * width + x0
+
+
+def _chunk_pairs(nx: Tensor, dt: torch.dtype):
+    """Pairs of a chunk of rows ``nx`` [Rc]: row ``k`` [M] (int64), column offset ``j`` [M] within
+    the row (float, exact: chunks stay far below 2^24 pairs) and the same as int64 ``jl`` [M]."""
+    k = torch.repeat_interleave(torch.arange(nx.numel(), device=nx.device), nx)
+    first = torch.cumsum(nx, 0) - nx
+    jl = torch.arange(k.numel(), device=nx.device) - first.index_select(0, k)
+    return k, jl.to(dt), jl
+
+
+class _AccumulatePairs(torch.autograd.Function):
+    """``out[p] = sum_g w[p, g] colors[g]`` over the listed pairs, chunk by chunk (chunks of ~2^17
+    pairs stay in cache). Pairs are ordered by row, rows by Gaussian, so the backward reduces each
+    row with ``segment_reduce`` (contiguous) and the rows per Gaussian with ``index_add_`` on the
+    short row arrays; ``dy`` is constant along a row, so only ``sum gs``, ``sum gs dx`` and ``sum gs
+    dx^2`` are reduced per pair. The pair tensors are kept for the backward when there are at most
+    ``keep_pairs`` pairs (about 28 bytes each), else recomputed per chunk."""
+
+    @staticmethod
+    def forward(ctx, means, conics, colors, rows, chunks, width, height, keep_pairs):  # noqa: D401
+        d, dt = colors.shape[1], colors.dtype
+        A, B, Cc, dx0, _, base = _row_terms(rows, means, conics, width)
+        colr = [colors[:, j].index_select(0, rows[0]) for j in range(d)]  # [R] per channel
+        out = [torch.zeros(height * width, dtype=dt, device=colors.device) for _ in range(d)]
+        keep = [] if keep_pairs and torch.is_grad_enabled() else None
+        for r0, r1 in chunks:
+            w, dx, k, p = _chunk_forward(rows[3][r0:r1], A[r0:r1], B[r0:r1], Cc[r0:r1], dx0[r0:r1], base[r0:r1])
+            for j in range(d):
+                out[j].scatter_add_(0, p, w * colr[j][r0:r1].index_select(0, k))
+            if keep is not None:
+                keep.append((w, dx, k, p))
+        ctx.save_for_backward(means, conics, colors, *rows)
+        ctx.chunks, ctx.width, ctx.keep = chunks, width, keep
+        return torch.stack(out, -1).reshape(height, width, d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        means, conics, colors, *rows = ctx.saved_tensors
+        rows = tuple(rows)
+        width, d, n = ctx.width, colors.shape[1], means.shape[0]
+        A, B, Cc, dx0, dy, base = _row_terms(rows, means, conics, width)
+        colr = [colors[:, j].index_select(0, rows[0]) for j in range(d)]
+        go = [t.contiguous() for t in grad_out.reshape(-1, d).unbind(1)]
+        nx = rows[3]
+        per_row = torch.zeros(3 + d, nx.numel(), dtype=means.dtype, device=means.device)
+        for i, (r0, r1) in enumerate(ctx.chunks):
+            if ctx.keep is not None:
+                w, dx, k, p = ctx.keep[i]
+            else:
+                w, dx, k, p = _chunk_forward(nx[r0:r1], A[r0:r1], B[r0:r1], Cc[r0:r1], dx0[r0:r1], base[r0:r1])
+            lengths = nx[r0:r1]
+            gw = torch.zeros_like(w)
+            for j in range(d):
+                gp = go[j].index_select(0, p)
+                gw = torch.addcmul(gw, gp, colr[j][r0:r1].index_select(0, k))
+                per_row[3 + j, r0:r1] = torch.segment_reduce(w * gp, "sum", lengths=lengths)
+            gs = gw * w  # -dL/ds
+            gsx = gs * dx
+            per_row[0, r0:r1] = torch.segment_reduce(gs, "sum", lengths=lengths)
+            per_row[1, r0:r1] = torch.segment_reduce(gsx, "sum", lengths=lengths)
+            per_row[2, r0:r1] = torch.segment_reduce(gsx * dx, "sum", lengths=lengths)
+        ctx.keep = None
+        s0, s1, s2 = -per_row[0], -per_row[1], -per_row[2]  # sums of dL/ds, of dL/ds dx, of dL/ds dx^2
+        terms = torch.stack([s2, dy * s1, dy * dy * s0, s1, dy * s0, *per_row[3:]], -1)  # [R, 5 + D]
+        sums = torch.zeros(n, 5 + d, dtype=means.dtype, device=means.device).index_add_(0, rows[0], terms)
+        a, b, c = conics.unbind(-1)
+        g_con = torch.stack([0.5 * sums[:, 0], sums[:, 1], 0.5 * sums[:, 2]], -1)
+        s_x, s_y = sums[:, 3], sums[:, 4]
+        g_means = -torch.stack([a * s_x + b * s_y, b * s_x + c * s_y], -1)  # ds/dmean = -(Sigma^-1 d)
+        return g_means, g_con, sums[:, 5:].contiguous(), None, None, None, None, None
+
+
+def _chunk_forward(nx: Tensor, A: Tensor, B: Tensor, Cc: Tensor, dx0: Tensor, base: Tensor):
+    """Weights ``w`` [M] (0 past the cutoff), offsets ``dx`` [M], rows ``k`` [M] (chunk-local) and flat
+    pixel indices ``p`` [M] of a chunk of rows (row arrays ``[Rc]`` from :func:`_row_terms`)."""
+    k, j, jl = _chunk_pairs(nx, A.dtype)
+    dx = j + dx0.index_select(0, k)
+    s = torch.addcmul(B.index_select(0, k), A.index_select(0, k), dx) * dx + Cc.index_select(0, k)
+    w = torch.exp(-s.clamp_min(0.0)).masked_fill_(s > CUTOFF, 0.0)
+    return w, dx, k, base.index_select(0, k) + jl
+
+
+def rasterize_image_pairs(
+    means: Tensor,  # [N, 2] pixels
+    chol: Tensor,  # [N, 3] Cholesky factor (l1, l2, l3), pixels
+    colors: Tensor,  # [N, D]
+    width: int,
+    height: int,
+    chunk_pairs: int = 1 << 17,
+    keep_pairs: int = 1 << 23,
+) -> Tensor:  # [H, W, D]
+    """The render of :func:`rasterize_image`, evaluated on the exact (pixel, Gaussian) pairs instead of
+    padded tiles: each Gaussian lists the pixel spans of its cutoff ellipse row by row (the quadratic
+    ``s = CUTOFF`` solved per row), the weights are computed once per pair and scattered with
+    ``index_add_``. A tile pads every Gaussian to the tile's bounding boxes and every tile to the
+    deepest tile of its chunk; the pair list does not (module docstring: about 2x faster on a CPU).
+    Work is done ``chunk_pairs`` pairs at a time; the pair tensors are kept for the backward when
+    there are at most ``keep_pairs`` pairs, else each chunk is recomputed (memory bounded by the chunk).
+    Differentiable with respect to ``means``, ``chol`` and ``colors``; sums in Gaussian order."""
+    _check_inputs(means, chol, colors, width, height)
+    if chunk_pairs < 1:
+        raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
+    conics, cov = chol_to_conics(chol)
+    with torch.no_grad():
+        rows = _pair_rows(means, conics, cov, width, height)
+        chunks = _pair_chunks(rows[3], chunk_pairs)
+    keep = int(rows[3].sum()) <= keep_pairs
+    return _AccumulatePairs.apply(means, conics, colors, rows, chunks, width, height, keep)
 
 
 def rasterize_image_dense(

@@ -73,7 +73,7 @@ from scenezip.errors import SceneFileError
 from scenezip.quant import entropy
 from scenezip.quant.morton import MORTON_BITS, morton_encode, morton_order
 from scenezip.quant.scalar import UniformQuantizer
-from scenezip.render.rasterization_image import image_weights, rasterize_image
+from scenezip.render.rasterization_image import image_weights, rasterize_image_pairs
 from scenezip.scenes.scz import PREAMBLE, SceneFile, _header_bytes, encode_streams, read_scz, write_scz
 from scenezip.splatting.image_gaussians import FitConfig, ImageGaussians, Params, chol_from_raw, fit, init_from_image
 
@@ -430,7 +430,7 @@ def render_code(code: ImageCode) -> np.ndarray:  # -> [H, W, 3] uint8
     """The decoded image: the render of the decoded parameters, clamped, rounded to 8 bits."""
     means, chol_raw, colors = code_to_params(code)
     with torch.no_grad():
-        img = rasterize_image(means, chol_from_raw(chol_raw), colors, code.width, code.height)
+        img = rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, code.width, code.height)
     return torch.round(img.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
 
 

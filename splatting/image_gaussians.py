@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from scenezip.render.rasterization_image import rasterize_image
+from scenezip.render.rasterization_image import rasterize_image_pairs
 
 Params = tuple[Tensor, Tensor, Tensor]  # means [N, 2], chol_raw [N, 3], colors [N, 3]
 
@@ -50,7 +50,7 @@ def chol_from_raw(chol_raw: Tensor) -> Tensor:  # [N, 3] -> [N, 3]
 
 def render_params(means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int) -> Tensor:
     """Render ``[H, W, 3]`` (unclamped) from raw parameters (see module docstring for shapes)."""
-    return rasterize_image(means, chol_from_raw(chol_raw), colors, width, height)
+    return rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, width, height)
 
 
 def _check_image(img: Tensor) -> None:
@@ -147,7 +147,7 @@ def init_from_image(
     chol_raw = torch.stack([sigma.log(), torch.zeros(n), sigma.log()], -1)
     # colour: image at the centre over the sum of weights of all (unit-colour) Gaussians there
     ones = torch.ones(n, 1)
-    wsum = rasterize_image(means, chol_from_raw(chol_raw), ones, w, h)[..., 0]
+    wsum = rasterize_image_pairs(means, chol_from_raw(chol_raw), ones, w, h)[..., 0]
     px, py = pick % w, torch.div(pick, w, rounding_mode="floor")
     colors = img[py, px] / wsum[py, px, None].clamp_min(1.0)
     return ImageGaussians(means, chol_raw, colors, w, h)
