@@ -19,7 +19,11 @@ and two details of coding:
 * the stream metadata carries ``"surfel": true``; :func:`c2dgs_from_streams` refuses files without it;
 * automatic position bits are chosen from the smaller *tangent* scale. ``C3DGSModel`` uses the smallest
   of the three axes, which for a surfel is the flat one (1e-6), and would always ask for the 21-bit
-  maximum; a surfel's size in its plane is what the position error must stay below.
+  maximum; a surfel's size in its plane is what the position error must stay below. Procedural scene
+  (32 px, 300 steps, 2995 surfels): 9 bits, 63.1 kB, 20.238 dB; the c3dgs rule: 21 bits, 76.5 kB, 20.236 dB.
+
+Measured on the procedural scene (32 px, 16 train / 4 test views, 2000 random points, 300 steps, CPU, torch
+rasterizer, defaults otherwise): 2dgs 708 kB at 20.30 dB, c2dgs 63.5 kB (11.2x smaller) at 20.24 dB.
 
 The R-VQ codes all three scales as ``C3DGSModel`` does; the flat axis is near 0 for every surfel, costs
 the codebooks nothing measurable, and the rasterizer ignores it.
