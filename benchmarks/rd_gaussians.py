@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("3dgs", "c3dgs", "2dgs", "c3dgs-posthoc")
+METHODS = ("3dgs", "c3dgs", "2dgs", "c2dgs", "c3dgs-posthoc")
 
 
 def evaluate_file(scz: Path, ds, test_ids: np.ndarray, lpips_on: bool) -> dict[str, Any]:
@@ -87,7 +87,9 @@ def run_method(method: str, ds, args: argparse.Namespace, work: Path, runs: dict
                                           progress=not args.no_progress, seed=args.seed))  # fmt: skip
         return {"scz": out, "train_s": time.perf_counter() - t0, "ply_bytes": ply.stat().st_size,
                 "finetune_steps": args.posthoc_steps, "distill_rms": rep.get("distill_rms")}  # fmt: skip
-    cls = {"3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig}[method]
+    from scenezip.splatting.c2dgs import C2DGSConfig
+
+    cls = {"3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "c2dgs": C2DGSConfig}[method]
     config = cls(out=work / method, **common)
     result, scz, _ = train_and_write(config, ds)
     return {"scz": scz, "train_s": result.train_s}
@@ -120,7 +122,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for t in np.linspace(y0, y1, 5):
         _, py = xy(x0, t)
         d.text((8, py - 6), f"{t:.1f}", fill="black")
-    colours = {"3dgs": "blue", "c3dgs": "red", "2dgs": "green", "c3dgs-posthoc": "purple"}
+    colours = {"3dgs": "blue", "c3dgs": "red", "2dgs": "green", "c2dgs": "orange", "c3dgs-posthoc": "purple"}
     for (s, p, label), x, y in zip(pts, xs, ys):
         px, py = xy(x, y)
         d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colours.get(label.split(":")[1], "black"))

@@ -21,6 +21,7 @@ from scenezip.demo import DemoArgs, cmd_demo
 from scenezip.errors import ScenezipError
 from scenezip.fields.ngp_config import CNGPConfig, NGPConfig
 from scenezip.viewer import ViewArgs, cmd_view
+from scenezip.splatting.c2dgs import C2DGSConfig
 from scenezip.splatting.config import C3DGSConfig, SurfelTrainConfig, TrainConfig
 
 
@@ -46,7 +47,8 @@ def cmd_data(args: DataArgs) -> None:
 
 # Methods `scenezip train --method NAME` knows: the config dataclass each one is trained from.
 TRAIN_METHODS: dict[str, type] = {
-    "3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "ngp": NGPConfig, "cngp": CNGPConfig,
+    "3dgs": TrainConfig, "c3dgs": C3DGSConfig, "2dgs": SurfelTrainConfig, "c2dgs": C2DGSConfig, "ngp": NGPConfig,
+    "cngp": CNGPConfig,
 }  # fmt: skip
 
 
@@ -102,7 +104,7 @@ def gaussian_streams(method: str, model, config=None) -> tuple[dict, dict]:
         from scenezip.splatting.surfels import surfels_to_streams
 
         return surfels_to_streams(model)
-    if method == "c3dgs":
+    if method in ("c3dgs", "c2dgs"):  # C2DGSModel.to_streams adds the surfel marker
         threshold = getattr(config, "hash_zero_threshold", None)
         return model.to_streams() if threshold is None else model.to_streams(threshold)
     raise ScenezipError(f"method {method!r} has no Gaussian stream contract")

@@ -51,6 +51,7 @@ LOADERS: dict[str, tuple[str, str]] = {
     "3dgs": ("scenezip.splatting.streams", "gaussians_from_streams"),
     "c3dgs": ("scenezip.splatting.c3dgs", "c3dgs_from_streams"),
     "2dgs": ("scenezip.splatting.surfels", "surfels_from_streams"),
+    "c2dgs": ("scenezip.splatting.c2dgs", "c2dgs_from_streams"),
     "ngp": ("scenezip.fields.ngp_streams", "ngp_from_streams"),
     "cngp": ("scenezip.fields.ngp_streams", "cngp_from_streams"),
 }

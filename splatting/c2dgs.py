@@ -51,7 +51,7 @@ from scenezip.errors import SceneFileError, ScenezipError
 from scenezip.fields.color_field import DEFAULT_BOUNDS, ColorFieldConfig
 from scenezip.quant.mask import keep_indices
 from scenezip.scenes.dataset import Dataset
-from scenezip.splatting.c3dgs import C3DGSModel, auto_position_bits, c3dgs_from_streams
+from scenezip.splatting.c3dgs import C3DGSModel, c3dgs_from_streams
 from scenezip.splatting.config import C3DGSConfig
 from scenezip.splatting.recipes import RECIPES, C3DGSRecipe, SurfelRecipe
 from scenezip.splatting.surfels import FLAT_SCALE, SurfelLossConfig, SurfelModel, default_surfel_depth
@@ -201,21 +201,15 @@ class C2DGSModel(C3DGSModel):
         )  # fmt: skip
 
     # ------------------------------------------------------------------ coding
+    def size_scales(self, log_scales: Tensor) -> Tensor:  # [N, 3] -> [N, 2]
+        """The tangent standard deviations: the flat axis would always ask for 21 position bits (see the
+        module docstring)."""
+        return torch.exp(log_scales[:, :2])
+
     @torch.no_grad()
     def _post_process(self, hash_zero_threshold: float) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
-        """:meth:`C3DGSModel._post_process` with automatic position bits from the tangent scales (see the
-        module docstring) and the surfel marker in the metadata."""
-        bits = self.position_bits
-        if bits is None and not self.frozen:
-            keep = keep_indices(self.splats["masks"].detach().cpu(), self.mask_threshold)
-            if keep.numel() > 0:
-                s = self.splats["scales"].detach().cpu()[keep]
-                self.position_bits = auto_position_bits(self.splats["means"].detach().cpu()[keep].numpy(),
-                                                        torch.exp(s[:, :2]).numpy())  # fmt: skip
-        try:
-            metadata, streams = super()._post_process(hash_zero_threshold)
-        finally:
-            self.position_bits = bits
+        """:meth:`C3DGSModel._post_process` with the surfel marker in the metadata."""
+        metadata, streams = super()._post_process(hash_zero_threshold)
         return {**metadata, SURFEL_KEY: True}, streams
 
     # ------------------------------------------------------------------ save / load (training state)

@@ -503,6 +503,10 @@ class C3DGSModel(nn.Module):
         return save_model_dict(self.to_dict(), path)
 
     # ------------------------------------------------------------------ post-processing and coding
+    def size_scales(self, log_scales: Tensor) -> Tensor:  # [N, 3] -> [N, K]
+        """The standard deviations that set the automatic position precision (all three axes here)."""
+        return torch.exp(log_scales)
+
     @torch.no_grad()
     def _post_process(self, hash_zero_threshold: float) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
         """``(metadata, streams)``: the integer codes and float16 tables a file stores, with their codecs
@@ -521,7 +525,7 @@ class C3DGSModel(nn.Module):
         p_lo, p_hi = _range(means, axis=0)
         bits = self.position_bits
         if bits is None:
-            bits = auto_position_bits(means, torch.exp(s["scales"][keep]).numpy())
+            bits = auto_position_bits(means, self.size_scales(s["scales"][keep]).numpy())
         q_pos = quantize_uniform(means, p_lo, p_hi, bits)  # [K, 3]
         order = morton_order(q_pos)
         perm = keep[torch.from_numpy(order)]
