@@ -35,7 +35,9 @@ class CompressArgs:
     """Keep each Gaussian's DC colour (R-VQ'd, 3 stages) as a base colour and distil only the view-dependent rest
     into the colour field; off: the field learns all colour (Compact-3DGS)."""
     rvq_stages: int = 6
-    """R-VQ stages for scale and rotation."""
+    """R-VQ stages for scale (and rotation, unless --rot-stages)."""
+    rot_stages: Optional[int] = None
+    """R-VQ stages for rotation (None: --rvq-stages)."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
     hash_rate_lambda: Optional[float] = None
@@ -96,7 +98,8 @@ def compress_scene(args: CompressArgs) -> dict:
         cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
                                          args.rvq_codebook_size, args.seed, args.progress,
-                                         hash_rate_lambda=args.hash_rate_lambda, color_dc=args.color_dc)  # fmt: skip
+                                         hash_rate_lambda=args.hash_rate_lambda, color_dc=args.color_dc,
+                                         rot_stages=args.rot_stages)  # fmt: skip
         report.update(conv)
         print(f"converted {report['n_input']:,} Gaussians ({conv['n_kept']:,} above the opacity floor); colour "
               f"field distilled from SH with RMS error {conv['distill_rms']:.4f}")  # fmt: skip

@@ -282,7 +282,7 @@ class C2DGSRecipe(C3DGSRecipe):
         return C2DGSModel.from_surfels(
             s, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
             rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
-            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages,
+            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages, rot_stages=c.rot_stages,
         ).to(device)  # fmt: skip
 
     def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:

@@ -222,6 +222,7 @@ class C3DGSModel(nn.Module):
         bounds: ``[2, 3]`` scene box of the colour field's contraction.
         use_rvq: quantize scales and rotations with residual VQ when rendering.
         rvq_stages, rvq_codebook_size: R-VQ shape (Compact-3DGS: 6 stages of 64 codes).
+        rot_stages: R-VQ stages of the rotations (None: ``rvq_stages``); codebook size as the scales'.
         mask_threshold: hard-mask threshold on ``sigmoid(mask logit)``.
         backend: hash-grid backend of the colour field.
         seed: initialization seed of the colour field and the codebooks.
@@ -253,6 +254,7 @@ class C3DGSModel(nn.Module):
         position_bits: int | None = POSITION_BITS,
         sh0: Tensor | None = None,
         dc_stages: int = DC_STAGES,
+        rot_stages: int | None = None,
     ) -> None:
         super().__init__()
         if position_bits is not None and (
@@ -283,7 +285,7 @@ class C3DGSModel(nn.Module):
             self.color_field.zero_output_layer()
         self.dc_vq = ResidualVQ(3, int(dc_stages), rvq_codebook_size, seed=seed + 2) if self.color_dc else None
         self.scale_vq = ResidualVQ(3, rvq_stages, rvq_codebook_size, seed=seed)
-        self.rot_vq = ResidualVQ(4, rvq_stages, rvq_codebook_size, seed=seed + 1)
+        self.rot_vq = ResidualVQ(4, rvq_stages if rot_stages is None else rot_stages, rvq_codebook_size, seed=seed + 1)
         self.use_rvq = bool(use_rvq)
         self.mask_threshold = float(mask_threshold)
         self.position_bits = None if position_bits is None else int(position_bits)
@@ -462,6 +464,7 @@ class C3DGSModel(nn.Module):
                 "color_config": dataclasses.asdict(self.color_field.config),
                 "use_rvq": self.use_rvq,
                 "rvq_stages": self.scale_vq.n_stages,
+                "rot_stages": self.rot_vq.n_stages,
                 "rvq_codebook_size": self.scale_vq.codebook_size,
                 "mask_threshold": self.mask_threshold,
                 "hash_codec": self.hash_codec_settings,
@@ -484,6 +487,7 @@ class C3DGSModel(nn.Module):
             dc = z(n, 3) if init.get("color_dc", False) else None
             model = cls(z(n, 3), z(n, 4), z(n, 3), z(n), None, ColorFieldConfig(**init["color_config"]),
                         use_rvq=bool(init["use_rvq"]), rvq_stages=int(init["rvq_stages"]),
+                        rot_stages=int(init.get("rot_stages", init["rvq_stages"])),
                         rvq_codebook_size=int(init["rvq_codebook_size"]),
                         mask_threshold=float(init["mask_threshold"]), backend="torch",
                         hash_codec=init.get("hash_codec"),
@@ -666,9 +670,10 @@ def c3dgs_from_streams(
         if d.get("dim") != dim:
             _fail(source, f"metadata rvq {key} dim must be {dim}, got {d.get('dim')!r}")
         shapes[key] = (_meta_int(d, "n_stages", source, 1), _meta_int(d, "codebook_size", source, 1))
-    if shapes["scales"] != shapes["rotations"]:
-        _fail(source, f"R-VQ shapes differ for scales {shapes['scales']} and rotations {shapes['rotations']}")
+    if shapes["scales"][1] != shapes["rotations"][1] or (version < 3 and shapes["scales"] != shapes["rotations"]):
+        _fail(source, f"R-VQ shapes of scales {shapes['scales']} and rotations {shapes['rotations']} do not match")
     n_stages, book = shapes["scales"]
+    rot_stages = shapes["rotations"][0]
     if book > 1 << 16:
         _fail(source, f"codebook_size {book} exceeds 65536")
     dc_stages = 0
@@ -691,7 +696,7 @@ def c3dgs_from_streams(
     try:
         threshold = float(metadata.get("mask_threshold", MASK_THRESHOLD))
         model = (cls or C3DGSModel)(torch.zeros(n, 3), torch.zeros(n, 4), torch.zeros(n, 3), torch.zeros(n), None, config,
-                           cf.get("bounds"), True, n_stages, book, threshold, backend="torch",
+                           cf.get("bounds"), True, n_stages, book, threshold, backend="torch", rot_stages=rot_stages,
                            sh0=torch.zeros(n, 3) if dc_stages else None, dc_stages=dc_stages or DC_STAGES)  # fmt: skip
     except (ValueError, TypeError) as e:
         _fail(source, f"metadata does not describe a model ({e})")
@@ -701,10 +706,11 @@ def c3dgs_from_streams(
     ints = ("uint8", "uint16", "uint32")
     expect = {
         "opacities": ((n,), ints), "scale_codebooks": ((n_stages, book, 3), ("float16",)),
-        "rotation_codebooks": ((n_stages, book, 4), ("float16",)), "mlp": ((n_mlp,), ("float16",)),
+        "rotation_codebooks": ((rot_stages, book, 4), ("float16",)), "mlp": ((n_mlp,), ("float16",)),
         "position_high": ((n,), ("uint32",)), "position_low": (None, ("uint8",)),
     }  # fmt: skip
-    idx_names = {key: [f"{key}_{stage}" for stage in range(n_stages)] for key in ("scale_indices", "rotation_indices")}
+    idx_names = {key: [f"{key}_{stage}" for stage in range(k)]
+                 for key, k in (("scale_indices", n_stages), ("rotation_indices", rot_stages))}  # fmt: skip
     if dc_stages:
         idx_names["color_indices"] = [f"color_indices_{stage}" for stage in range(dc_stages)]
         expect["color_codebooks"] = ((dc_stages, book, 3), ("float16",))

@@ -174,6 +174,7 @@ def gaussians_to_c3dgs(
     prune_opacity: float = 0.005,
     distill_steps: int = 1000,
     rvq_stages: int = 6,
+    rot_stages: int | None = None,
     rvq_codebook_size: int = 64,
     seed: int = 0,
     progress: bool = True,
@@ -198,7 +199,7 @@ def gaussians_to_c3dgs(
         hash_rate_lambda = DISTILL_RATE_LAMBDA if color_dc else DISTILL_RATE_LAMBDA_NO_DC
     codec = {"bits": 8, "mask_start": 0, "qat_start": distill_steps // 2} if hash_rate_lambda > 0 else None
     model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
-                                      rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size,
+                                      rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size, rot_stages=rot_stages,
                                       backend="auto", seed=seed, hash_codec=codec, color_dc=color_dc)  # fmt: skip
     rms = distill_color_field(model, kept, steps=distill_steps, seed=seed, progress=progress,
                               rate_lambda=hash_rate_lambda)  # fmt: skip

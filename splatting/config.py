@@ -174,6 +174,8 @@ class C3DGSConfig(GaussianTrainConfig):
     """R-VQ stages."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
+    rot_stages: Optional[int] = None
+    """R-VQ stages of the rotations (None: rvq_stages)."""
     lr_codebooks: float = 1e-3
     """Learning rate of the R-VQ codebooks."""
     hash_zero_threshold: float = 0.1

@@ -169,7 +169,7 @@ class C3DGSRecipe(Gaussian3DRecipe):
         return C3DGSModel.from_gaussians(
             g, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
             rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
-            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages,
+            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages, rot_stages=c.rot_stages,
         ).to(device)  # fmt: skip
 
     def hash_codec_settings(self) -> dict | None:

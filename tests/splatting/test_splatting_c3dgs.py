@@ -401,3 +401,20 @@ def test_base_colour_streams_are_checked(coded_dc):
     arrays["color_codebooks"][0, 0, 0] = np.inf
     with pytest.raises(SceneFileError, match="non-finite"):
         c3dgs_from_streams(arrays, read_scz(path).metadata, str(path))
+
+
+def test_rotation_stages_may_differ_from_scale_stages(tmp_path):
+    m = C3DGSModel.from_gaussians(_gaussians(90, seed=8), CFG, BOUNDS, backend="torch", rot_stages=4)
+    meta, streams = m.to_streams()
+    assert meta["rvq"]["rotations"]["n_stages"] == 4 and meta["rvq"]["scales"]["n_stages"] == 6
+    assert "rotation_indices_3" in streams and "rotation_indices_4" not in streams
+    write_scz(tmp_path / "r.scz", METHOD, meta, streams)
+    scene = read_scz(tmp_path / "r.scz")
+    d = c3dgs_from_streams(decode_streams(scene), scene.metadata, "r.scz")
+    assert d.rot_vq.n_stages == 4 and d.rot_indices.shape == (90, 4)
+    assert torch.equal(_render(d), _render(m.quantized_copy()))
+    assert C3DGSModel.from_dict(m.to_dict()).rot_vq.n_stages == 4
+    bad = __import__("copy").deepcopy(scene.metadata)
+    bad["rvq"]["rotations"]["codebook_size"] = 32  # stage counts may differ, codebook sizes may not
+    with pytest.raises(SceneFileError, match="r.scz"):
+        c3dgs_from_streams(decode_streams(scene), bad, "r.scz")
