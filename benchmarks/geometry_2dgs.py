@@ -90,9 +90,12 @@ def configs(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     if args.dist_lambda is not None:
         surfel = dataclasses.replace(surfel, dist_lambda=args.dist_lambda)
     extra = {} if args.surfel_lr_quats is None else {"lr_quats": args.surfel_lr_quats}
+    from scenezip.splatting.c2dgs import C2DGSConfig
+
     return {
         "3dgs": TrainConfig(out=work / "3dgs", **common),
         "2dgs": SurfelTrainConfig(out=work / "2dgs", surfel=surfel, **common, **extra),
+        "c2dgs": C2DGSConfig(out=work / "c2dgs", surfel=surfel, **common, **extra),
     }
 
 
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--surfel-lr-quats", type=float, default=None, help="2dgs rotation learning rate (default: the config's)")
     ap.add_argument("--voxel", type=float, default=0.004, help="TSDF voxel size, normalized units")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", default=["3dgs", "2dgs", "c2dgs"], choices=["3dgs", "2dgs", "c2dgs"],
+                    help="methods to run; rows of other methods already in --out with the same protocol are kept")
     ap.add_argument("--out", type=Path, default=RESULTS / "geometry_2dgs.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                                       width=args.size, height=args.size, seed=args.seed)  # fmt: skip
         ds = load_dataset(data, n_random_points=args.random_points, seed=args.seed, background=(1.0, 1.0, 1.0))
         for method, cfg in configs(args, data, Path(tmp)).items():
+            if method not in args.methods:
+                continue
             t0 = time.perf_counter()
             result, scz, nbytes = train_and_write(cfg, ds)
             scene = load_scene(scz)
@@ -147,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "lpips": "not computed (backbone weights unavailable offline)",
         "decoded": "figures are of the models decoded from the written .scz files",
     }  # fmt: skip
+    if args.out.is_file():  # keep the other methods' rows of the same protocol (runs of one method at a time)
+        old = json.loads(args.out.read_text())
+        same = {k: v for k, v in old.get("protocol", {}).items() if k not in ("command", "date")} == {
+            k: v for k, v in protocol.items() if k not in ("command", "date")}  # fmt: skip
+        if same:
+            mine = {r["method"] for r in rows}
+            rows = [r for r in old.get("rows", []) if r["method"] not in mine] + rows
+            rows.sort(key=lambda r: ["3dgs", "2dgs", "c2dgs"].index(r["method"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2) + "\n")
     lines = [
