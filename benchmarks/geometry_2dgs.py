@@ -99,6 +99,24 @@ def configs(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def write_markdown(path: Path, protocol: dict, rows: list[dict]) -> None:
+    """The results table of ``rows`` under ``protocol`` as markdown."""
+    lines = [
+        "# geometry_2dgs: 2D surfels vs 3D Gaussians against the procedural scene's true geometry", "",
+        f"`{protocol['command']}` on {protocol['date']} (cpu, 1 thread); {protocol['resolution'][0]}x{protocol['resolution'][0]} px, "
+        f"{protocol['views']['train']} training / {protocol['views']['test']} test views, {protocol['steps']} steps, the same schedule for every method. "
+        "Depth and normal errors on the test views' fully covered pixels; Chamfer distance of the TSDF mesh "
+        "(training views) to the true surface. Lengths in normalized units (farthest camera at 1).", "",
+        "| method | PSNR | SSIM | Gaussians | size (bytes) | depth abs | depth rel | normal (deg) | Chamfer | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in rows:
+        ch = f"{r['chamfer']:.4f}" if r["chamfer"] is not None else "n/a"
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['n_primitives']:,} | {r['size_bytes']:,} | "
+                     f"{r['depth_abs']:.4f} | {r['depth_rel']:.4f} | {r['normal_deg']:.1f} | {ch} | {r['train_s']:.1f} |")  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=48, help="image width and height of the procedural views")
@@ -164,20 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.sort(key=lambda r: ["3dgs", "2dgs", "c2dgs"].index(r["method"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2) + "\n")
-    lines = [
-        "# geometry_2dgs: 2D surfels vs 3D Gaussians against the procedural scene's true geometry", "",
-        f"`{protocol['command']}` on {protocol['date']} (cpu, 1 thread); {args.size}x{args.size} px, "
-        f"{args.train} training / {args.test} test views, {args.steps} steps, the same schedule for both. "
-        "Depth and normal errors on the test views' fully covered pixels; Chamfer distance of the TSDF mesh "
-        "(training views) to the true surface. Lengths in normalized units (farthest camera at 1).", "",
-        "| method | PSNR | SSIM | Gaussians | size (bytes) | depth abs | depth rel | normal (deg) | Chamfer | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
-    for r in rows:
-        ch = f"{r['chamfer']:.4f}" if r["chamfer"] is not None else "n/a"
-        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['n_primitives']:,} | {r['size_bytes']:,} | "
-                     f"{r['depth_abs']:.4f} | {r['depth_rel']:.4f} | {r['normal_deg']:.1f} | {ch} | {r['train_s']:.1f} |")  # fmt: skip
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out.with_suffix(".md"), protocol, rows)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
