@@ -359,43 +359,29 @@ def image_weights(
     chol: Tensor,  # [N, 3] Cholesky factor (l1, l2, l3), pixels
     width: int,
     height: int,
-    tile_size: int = DEFAULT_TILE_SIZE,
-    chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
+    chunk_pairs: int = 1 << 17,
 ) -> tuple[Tensor, Tensor, Tensor]:  # pixel [M] int64, gaussian [M] int64, weight [M]
     """The non-zero entries of ``W`` ``[H * W, N]`` with ``rasterize_image(means, chol, colors) ==
     (W @ colors).reshape(H, W, D)``: row ``y * width + x``, column ``i`` and the weight ``exp(-s)`` of
-    every (pixel, Gaussian) pair within the cutoff, in the dtype of ``means``. Not differentiable;
-    memory is the number of pairs (the tile overlaps are expanded ``chunk_pairs`` at a time)."""
+    every (pixel, Gaussian) pair within the cutoff, in the dtype of ``means``, grouped by Gaussian.
+    Built on the row spans of :func:`rasterize_image_pairs` (the same pairs, ``chunk_pairs`` at a
+    time; kodim05 at 256x170, 1700 Gaussians, float64: 0.11 s against 0.21 s for padded tile boxes).
+    Not differentiable; memory is the number of pairs."""
     _check_inputs(means, chol, chol, width, height)
-    if tile_size < 1 or chunk_pairs < 1:
-        raise ValueError(f"tile_size and chunk_pairs must be >= 1, got {tile_size}, {chunk_pairs}")
+    if chunk_pairs < 1:
+        raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
     means = means.detach()
     conics, cov = chol_to_conics(chol.detach())
-    half = torch.sqrt(2.0 * CUTOFF * cov[:, [0, 2]].clamp_min(0.0)) + 1.0
-    finite = torch.isfinite(half).all(-1) & torch.isfinite(means).all(-1)
-    half = torch.where(finite[:, None], half, torch.zeros_like(half))
-    n = means.shape[0]
-    isect = isect_tiles(means[None], half[None], torch.zeros(1, n, dtype=means.dtype, device=means.device),
-                        width, height, tile_size)  # fmt: skip
-    gid, key = isect.flatten_ids, isect.tile_keys
-    ox = (key % isect.tile_width) * tile_size
-    oy = torch.div(key, isect.tile_width, rounding_mode="floor") * tile_size
-    local = torch.arange(tile_size * tile_size, device=means.device)
-    lx, ly = local % tile_size, torch.div(local, tile_size, rounding_mode="floor")
-    rows, cols, vals = [], [], []
-    step = max(1, chunk_pairs // local.numel())
-    for a in range(0, gid.numel(), step):
-        g = gid[a : a + step]
-        px, py = ox[a : a + step, None] + lx, oy[a : a + step, None] + ly  # [T, P]
-        dx = (px.to(means.dtype) + 0.5) - means[g, 0:1]
-        dy = (py.to(means.dtype) + 0.5) - means[g, 1:2]
-        con = conics[g]
-        s = 0.5 * (con[:, 0:1] * dx * dx + con[:, 2:3] * dy * dy) + con[:, 1:2] * dx * dy
-        keep = (s <= CUTOFF) & (px < width) & (py < height)
-        rows.append((py * width + px)[keep])
-        cols.append(g[:, None].expand_as(s)[keep])
-        vals.append(torch.exp(-s.clamp_min(0.0))[keep])
-    if not rows:
+    rows = _pair_rows(means, conics, cov, width, height)
+    A, B, Cc, dx0, _, base = _row_terms(rows, means, conics, width)
+    pix, gid, val = [], [], []
+    for r0, r1 in _pair_chunks(rows[3], chunk_pairs):
+        w, _, k, p = _chunk_forward(rows[3][r0:r1], A[r0:r1], B[r0:r1], Cc[r0:r1], dx0[r0:r1], base[r0:r1])
+        keep = w > 0
+        pix.append(p[keep])
+        gid.append(rows[0][r0:r1].index_select(0, k)[keep])
+        val.append(w[keep])
+    if not pix:
         e = torch.zeros(0, dtype=torch.long, device=means.device)
         return e, e, torch.zeros(0, dtype=means.dtype, device=means.device)
-    return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    return torch.cat(pix), torch.cat(gid), torch.cat(val)
