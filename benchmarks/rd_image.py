@@ -1,7 +1,7 @@
 """Rate-distortion of the ``image`` codec against JPEG and WebP (Pillow) on Kodak, same run, same images.
 
-Writes ``benchmarks/results/rd_image.{json,md,png}``: bits per pixel (whole file) against PSNR and
-MS-SSIM for every codec and image, Bjontegaard delta rate (BD-rate) of scenezip against each anchor,
+Writes ``benchmarks/results/<name>.{json,md,png}`` (``--name``, default ``rd_image``): bits per pixel
+(whole file) against PSNR and MS-SSIM for every codec and image, Bjontegaard delta rate (BD-rate) of scenezip against each anchor,
 encode time and file-to-pixels decode time. Written by hand: BD-rate interpolates log-rate as a
 function of PSNR with a monotone cubic (scipy's PCHIP) per codec and averages the difference of the
 integrals over the PSNR interval both curves cover; negative means scenezip needs fewer bits. The plot
@@ -59,6 +59,11 @@ class Args:
     """torch threads."""
     out: Path = ROOT / "benchmarks" / "results"
     """Output folder."""
+    name: str = "rd_image"
+    """Base name of the outputs ``<out>/<name>.{json,md,png}`` (e.g. one per step count)."""
+    grow_from: float = 1.0
+    """scenezip: start the fit with this fraction of the Gaussians and spawn the rest where the error is
+    high (1.0: no densification)."""
 
 
 def load(path: Path, downscale: int, crop: int) -> np.ndarray:
@@ -162,7 +167,7 @@ def main(args: Args) -> None:
         res = f"{ww}x{hh}"
         for bpp in args.bpps:
             path = Path(tmp.name) / f"{name}_{bpp}.scz"
-            r = encode_image(ref, bpp, path, steps=args.steps, progress=False)
+            r = encode_image(ref, bpp, path, steps=args.steps, grow_from=args.grow_from, progress=False)
             t0 = time.perf_counter()
             dec = decode_image(path)
             dec_s = time.perf_counter() - t0
@@ -196,7 +201,7 @@ def main(args: Args) -> None:
     protocol = {
         "dataset": "Kodak (../shared/data/kodak)", "images": args.images, "downscale": args.downscale,
         "crop": args.crop or None, "resolution": rows[0]["resolution"] if rows else None,
-        "scenezip_bpps": args.bpps, "steps": args.steps, "threads": args.threads, "device": "cpu",
+        "scenezip_bpps": args.bpps, "steps": args.steps, "grow_from": args.grow_from, "threads": args.threads, "device": "cpu",
         "bpp": "whole file (scenezip: .scz incl. JSON header; JPEG/WebP: Pillow output)",
         "jpeg_qualities": args.jpeg_qualities, "webp_qualities": args.webp_qualities,
         "metrics": "PSNR and MS-SSIM (scenezip.render.metrics) on 8-bit decoded RGB",
@@ -204,8 +209,8 @@ def main(args: Args) -> None:
         "decode_s": "file to pixels (read, entropy decode, render, 8-bit rounding) on CPU",
         "command": "OMP_NUM_THREADS=1 python3 benchmarks/rd_image.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
-    (args.out / "rd_image.json").write_text(json.dumps({"protocol": protocol, "bd_rate": bd, "rows": rows}, indent=2))
-    lines = [f"# rd_image ({protocol['resolution']}, {args.steps} steps, CPU)", "",
+    (args.out / f"{args.name}.json").write_text(json.dumps({"protocol": protocol, "bd_rate": bd, "rows": rows}, indent=2))
+    lines = [f"# {args.name} ({protocol['resolution']}, {args.steps} steps, CPU)", "",
              f"Command: `{protocol['command']}`", "",
              "| method | image | bpp | PSNR | MS-SSIM | Gaussians | encode s | decode ms |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -229,8 +234,8 @@ def main(args: Args) -> None:
             if ours:
                 lines.append(f"- {name} at {ours[0]['bpp']:.3f} bpp: {ours[0]['psnr']:.2f} dB here "
                              f"(GaussianImage Kodak mean at {ref_bpp} bpp: {ref_psnr} dB)")  # fmt: skip
-    (args.out / "rd_image.md").write_text("\n".join(lines) + "\n")
-    plot(rows, args.out / "rd_image.png", f"Kodak {', '.join(args.images)} at {protocol['resolution']}")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args.out / f"{args.name}.png", f"Kodak {', '.join(args.images)} at {protocol['resolution']}")
     print(json.dumps(bd, indent=1))
 
 

@@ -50,6 +50,18 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   at a time with the error pushed onto the not-yet-rounded neighbours (GPTQ-style, through the Hessian
   ``W^T W``). The decoder is unchanged: this only chooses better integers.
 
+- **Where the quality goes** (kodim05, 256x170, 1 bpp, 1700 Gaussians fitted, 1346-1386 kept): the float
+  fit reaches 26.8 dB after 210 float steps and 28.4 dB after 840, but pruning to the target count by
+  importance alone drops the 840-step fit to 24.5 dB and quantizing all 1700 at the chosen setting
+  (0.5 px positions, 5-bit Cholesky) to 24.1 dB (5-bit Cholesky alone: 25.3 dB; the off-diagonal range
+  is about +-19 px, a 1.2 px step); the decoded file gets 24.9 dB (300 steps) and 24.6 dB (1200 steps).
+  Quantization-aware fine-tuning recovers almost nothing (24.20 -> 24.18 dB in 300 steps at full
+  learning rates, 24.42 dB with float colours), and the final least-squares colours add about 0.7 dB.
+  Measured and not kept (decoded PSNR at 600 steps, 24.73 dB as is): QAT half of the steps at
+  full learning rates 24.89 dB, at 0.3x 24.84; with float colours 24.78; densification from 60% of the
+  Gaussians (``grow_from=0.6``) at 300 steps 24.73 against 24.88 dB; clipping the Cholesky range to
+  percentiles or quantizing ``l2 / l3`` instead of ``l2`` (worse for both: heavy tails).
+
 Decoding (:func:`decode_image`) reads only integers and the float64 constants stored in the header,
 checks every count and shape against the metadata (``SceneFileError`` otherwise), and dequantizes
 with fixed float64 arithmetic, so the decoded parameters are bit-identical on every machine; the
@@ -296,8 +308,10 @@ def make_chol_range(chol_raw: Tensor) -> np.ndarray:  # [N, 3] -> [2, 3] int64
     return np.stack([lo, hi])
 
 
-def qat_transform(width: int, height: int, quant: QuantConfig, chol_range: np.ndarray):
-    """``(means, chol_raw, colors) -> decoded values`` with straight-through gradients (the training forward)."""
+def qat_transform(width: int, height: int, quant: QuantConfig, chol_range: np.ndarray, colors: bool = True):
+    """``(means, chol_raw, colors) -> decoded values`` with straight-through gradients (the training forward).
+    ``colors=False`` leaves the colours in float (when the final colours are solved for afterwards)."""
+    quant_colors = colors
     frac = quant.pos_frac_bits
     gw, gh = _pos_grid(width, height, frac)
     scale = float(1 << frac)
@@ -311,6 +325,8 @@ def qat_transform(width: int, height: int, quant: QuantConfig, chol_range: np.nd
         mc = torch.minimum(torch.maximum(means, torch.zeros_like(lim)), lim)
         mq = (torch.round(mc.detach() * scale) / scale).to(means.dtype) + (mc - mc.detach())
         cq = chol_q(chol_raw)
+        if not quant_colors:
+            return mq, cq, colors
         y = torch.round(_color_forward(colors.detach()) / step) * step
         rgb = torch.stack([y[:, 0] * basis[0, j] + y[:, 1] * basis[1, j] + y[:, 2] * basis[2, j] for j in range(3)], -1)
         colq = rgb.to(colors.dtype) + (colors - colors.detach())
@@ -760,15 +776,18 @@ def encode_image(
     img: Any,  # [H, W, 3] uint8 (numpy or torch)
     bpp: float,
     path: str | os.PathLike,
-    steps: int = 600,
+    steps: int = 300,
     quant: QuantConfig | None = None,
     fit_config: FitConfig | None = None,
     oversample: float = 1.2,
     qat_fraction: float = 0.3,
+    qat_lr: float = 0.3,
+    qat_colors: bool = True,
     tolerance: float = 0.1,
     search: bool = True,
     refine_colors: bool = True,
     rescore: int = 4,
+    grow_from: float = 1.0,
     seed: int = 0,
     progress: bool = True,
 ) -> EncodeResult:
@@ -783,14 +802,19 @@ def encode_image(
     ``refine_colors`` replaces the final colour integers by :func:`round_colors` (least squares on the
     decoded geometry, error-feedback rounding; then Gaussians are dropped until the file fits) and
     re-scores the ``rescore`` best settings of the search with it (kodim03, 256x170, 1 bpp, 150 steps:
-    +0.2 dB over scoring with rounding to nearest).
+    +0.2 dB over scoring with rounding to nearest). ``qat_lr`` scales the learning rates of the
+    quantization-aware fine-tuning; ``qat_colors=False`` leaves colours in float there (they are solved
+    for afterwards when ``refine_colors``). ``grow_from < 1`` starts the float fit with that fraction of
+    the Gaussians and spawns the rest at high-error pixels (:func:`~scenezip.splatting.image_gaussians.
+    spawn_at_error`) during the first 40% of it. None of the three helped so far (module docstring).
     """
     t0 = time.perf_counter()
     target_img = _as_image(img)
     if not (isinstance(bpp, (int, float)) and math.isfinite(bpp) and bpp > 0):
         raise ValueError(f"bpp must be a finite number > 0, got {bpp!r}")
-    if steps < 0 or not 0.0 <= qat_fraction <= 1.0 or oversample < 1.0 or not 0 < tolerance < 1:
-        raise ValueError("steps must be >= 0, qat_fraction in [0, 1], oversample >= 1, tolerance in (0, 1)")
+    if steps < 0 or not 0.0 <= qat_fraction <= 1.0 or oversample < 1.0 or not 0 < tolerance < 1 or not 0 < grow_from <= 1:
+        raise ValueError("steps must be >= 0, qat_fraction in [0, 1], oversample >= 1, tolerance in (0, 1), "
+                         "grow_from in (0, 1]")  # fmt: skip
     quant = quant or QuantConfig()
     fcfg = fit_config or FitConfig()
     h, w = target_img.shape[0], target_img.shape[1]
@@ -805,10 +829,13 @@ def encode_image(
     n_est, _ = _prune_to(probe, order, quant, make_chol_range(probe.chol_raw), target, sizer)
     n_fit = int(min(h * w, max(1, math.ceil(n_est * oversample))))
     log.append(f"target {target} B: estimate {n_est} Gaussians, fitting {n_fit}")
-    model = init_from_image(target_img, n_fit, seed=seed)
-    # 2. float fit
+    n_init = n_fit if grow_from >= 1.0 else max(1, int(round(n_fit * grow_from)))
+    model = init_from_image(target_img, n_init, seed=seed)
+    # 2. float fit (densifying from n_init to n_fit Gaussians where the error is high, if grow_from < 1)
     float_steps = int(round(steps * (1 - qat_fraction)))
-    fit(model, target_img, replace(fcfg, steps=float_steps), progress=progress, desc=f"fit {n_fit} Gaussians")
+    fcfg_float = replace(fcfg, steps=float_steps, grow_to=n_fit if n_init < n_fit and float_steps > 1 else 0)
+    p_float = fit(model, target_img, fcfg_float, progress=progress, desc=f"fit {n_fit} Gaussians")
+    log.append(f"float fit: {model.n} Gaussians, {float_steps} steps, {p_float:.2f} dB")
     # 3. prune to the target under each candidate setting; keep the best decoded image
     chol_q = make_chol_range(model.chol_raw)
     order = torch.argsort(model.importance(), descending=True, stable=True)
@@ -826,14 +853,15 @@ def encode_image(
                          for t in scored[:rescore]), key=lambda t: -t[0])  # fmt: skip
     _, quant, k, size, _ = scored[0]
     model = model.keep(order[:k])
-    log.append(f"settings {quant}: pruned to {k} Gaussians ({size} B)")
+    log.append(f"settings {quant}: pruned to {k} Gaussians ({size} B), decoded {scored[0][0]:.2f} dB")
     # 4. quantization-aware fine-tuning of the kept Gaussians
     qat_steps = steps - float_steps
     if qat_steps > 0:
-        transform = qat_transform(w, h, quant, chol_q)
-        qcfg = replace(fcfg, steps=qat_steps, lr_means=fcfg.lr_means * 0.3, lr_chol=fcfg.lr_chol * 0.3,
-                       lr_colors=fcfg.lr_colors * 0.3)  # fmt: skip
-        fit(model, target_img, qcfg, transform=transform, progress=progress, desc=f"QAT {k} Gaussians")
+        transform = qat_transform(w, h, quant, chol_q, colors=qat_colors or not refine_colors)
+        qcfg = replace(fcfg, steps=qat_steps, lr_means=fcfg.lr_means * qat_lr, lr_chol=fcfg.lr_chol * qat_lr,
+                       lr_colors=fcfg.lr_colors * qat_lr)  # fmt: skip
+        p_qat = fit(model, target_img, qcfg, transform=transform, progress=progress, desc=f"QAT {k} Gaussians")
+        log.append(f"quantization-aware fit: {qat_steps} steps, {p_qat:.2f} dB (float render of the quantized values)")
     # 5. final trim (fine-tuning moves the entropy a little), then write
     order = torch.argsort(model.importance(), descending=True, stable=True)
     k, size = _prune_to(model, order, quant, chol_q, target, sizer)

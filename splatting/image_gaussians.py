@@ -20,6 +20,11 @@ covariance and an RGB colour with opacity folded in, and the image is their accu
   lr_chol 0.05 -> 0.2 raised the float PSNR from 33.3 to 34.3 dB on kodim03 with 1600 Gaussians and
   from 21.6 to 22.5 dB on kodim05 with 700; a higher colour rate or least-squares initial colours
   did not help on top of that).
+- **Densification** (optional, ``FitConfig.grow_to``): new Gaussians spawned at pixels drawn by their
+  blurred squared residual (:func:`spawn_at_error`), with the residual as colour, Adam state extended
+  (zero first moments, median second moments). On kodim05 at 256x170 (1700 Gaussians, 210 steps) it
+  reached 25.9 dB from 60% of the Gaussians against 26.8 dB for the detail-weighted initialization of
+  all of them, so the codec does not use it by default.
 - **Loss** on the render clamped to [0, 1], the pixels a decoder outputs (before 8-bit rounding).
 
 :func:`fit` takes an optional ``transform`` of the parameters applied in every forward pass: the codec
@@ -167,6 +172,73 @@ class FitConfig:
     """Learning rate of the colours."""
     final_lr_fraction: float = 0.05
     """Every learning rate decays (cosine) to this fraction of its start."""
+    grow_to: int = 0
+    """Densify during the fit up to this many Gaussians (0: keep the count): new Gaussians are spawned
+    at pixels of high residual error (:func:`spawn_at_error`) in equal batches at ``grow_at``."""
+    grow_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    """Fractions of the steps after which Gaussians are spawned (only with ``grow_to``)."""
+
+
+@torch.no_grad()
+def spawn_at_error(
+    model: ImageGaussians,
+    img: Tensor,  # [H, W, 3] in [0, 1]
+    k: int,
+    scale_factor: float = 0.8,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:  # means [k, 2], chol_raw [k, 3], colors [k, 3]
+    """Parameters of ``k`` new Gaussians where ``model`` renders ``img`` worst.
+
+    Centres are drawn without replacement from the pixels with probability proportional to the squared
+    residual blurred by a 3x3 box (so isolated noisy pixels count less than wrong regions); each new
+    Gaussian is isotropic with a scale from the distance to its 3 nearest neighbours among all (old and
+    new) centres, and its colour is the blurred residual at its centre, so the render moves towards the
+    image at once. Deterministic in ``seed``."""
+    from scipy.spatial import cKDTree
+
+    _check_image(img)
+    h, w = model.height, model.width
+    if not 0 <= k <= h * w:
+        raise ValueError(f"k must be in [0, H*W = {h * w}], got {k}")
+    res = img.to(torch.float32) - model.render().clamp(0.0, 1.0)  # [H, W, 3]
+    res_b = F.avg_pool2d(F.pad(res.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0]
+    err = F.avg_pool2d(F.pad((res * res).sum(-1)[None, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    prob = err.reshape(-1).to(torch.float64) + 1e-12
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(prob, k, replacement=False, generator=gen)
+    px, py = pick % w, torch.div(pick, w, rounding_mode="floor")
+    means = torch.stack([px.to(torch.float32), py.to(torch.float32)], -1) + torch.rand(k, 2, generator=gen)
+    pts = torch.cat([model.means.detach(), means]).numpy().astype(np.float64)
+    nn_k = min(4, pts.shape[0])
+    if nn_k > 1:
+        dist, _ = cKDTree(pts).query(means.numpy().astype(np.float64), k=nn_k)
+        spacing = torch.from_numpy(dist[:, 1:].mean(1)).to(torch.float32)
+    else:
+        spacing = torch.full((k,), math.sqrt(h * w), dtype=torch.float32)
+    sigma = (scale_factor * spacing).clamp(0.5, 0.25 * max(h, w))
+    chol_raw = torch.stack([sigma.log(), torch.zeros(k), sigma.log()], -1)
+    colors = res_b[:, py, px].T.contiguous()
+    return means, chol_raw, colors
+
+
+@torch.no_grad()
+def _append(model: ImageGaussians, opt: torch.optim.Optimizer, new: Params) -> None:
+    """Append the Gaussians ``new`` to ``model`` in place and extend ``opt``'s Adam state: zero first
+    moments and, for the second moments, the per-column median of the old ones (so the first steps of a
+    new Gaussian are about as large as those of the old ones, not ``1 / sqrt(1 - beta2)`` times larger)."""
+    names = ("means", "chol_raw", "colors")
+    for group, name, extra in zip(opt.param_groups, names, new):
+        old = getattr(model, name)
+        p = torch.nn.Parameter(torch.cat([old.detach(), extra.to(old.dtype)]))
+        state = opt.state.pop(old, None)
+        if state:
+            v = state["exp_avg_sq"]
+            fill = v.median(0).values if v.shape[0] else torch.zeros(v.shape[1:])
+            state["exp_avg"] = torch.cat([state["exp_avg"], torch.zeros_like(extra)])
+            state["exp_avg_sq"] = torch.cat([v, fill.expand(extra.shape[0], -1)])
+            opt.state[p] = state
+        group["params"] = [p]
+        setattr(model, name, p)
 
 
 def psnr_of(render: Tensor, img: Tensor) -> float:
@@ -194,6 +266,9 @@ def fit(
         raise ValueError(f"img is {tuple(img.shape[:2])}, model is {(model.height, model.width)} (H, W)")
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
+    if cfg.grow_to and (cfg.grow_to > model.width * model.height or not all(0 < f < 1 for f in cfg.grow_at)):
+        raise ValueError(f"grow_to must be <= H*W and grow_at in (0, 1), got {cfg.grow_to}, {cfg.grow_at}")
+    grow = sorted({min(max(int(round(f * cfg.steps)), 1), cfg.steps - 1) for f in cfg.grow_at}) if cfg.grow_to else []
     img = img.detach().to(torch.float32)
     opt = torch.optim.Adam(
         [
@@ -206,6 +281,10 @@ def fit(
     base = [g["lr"] for g in opt.param_groups]
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
+        if step in grow and model.n < cfg.grow_to:
+            left = len([g for g in grow if g >= step])
+            k = math.ceil((cfg.grow_to - model.n) / left)
+            _append(model, opt, spawn_at_error(model, img, k, seed=step))
         t = step / max(cfg.steps - 1, 1)
         f = cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
         for g, b in zip(opt.param_groups, base):

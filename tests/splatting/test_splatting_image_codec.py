@@ -31,7 +31,14 @@ from scenezip.splatting.image_codec import (
     write_code,
 )
 from scenezip.quant.entropy import decode_varints, encode_varints
-from scenezip.splatting.image_gaussians import FitConfig, detail_map, fit, init_from_image, psnr_of
+from scenezip.splatting.image_gaussians import (
+    FitConfig,
+    detail_map,
+    fit,
+    init_from_image,
+    psnr_of,
+    spawn_at_error,
+)
 
 
 def synthetic_image(h: int = 40, w: int = 48, seed: int = 0) -> np.ndarray:
@@ -184,6 +191,63 @@ def test_fit_improves_psnr():
     before = psnr_of(m.render().detach(), img)
     after = fit(m, img, FitConfig(steps=40), progress=False)
     assert after > before + 2.0
+
+
+def test_spawn_at_error_targets_the_wrong_region():
+    """The model renders the left half right and misses a bright square on the right: new Gaussians
+    land on the square, with the residual (positive, bright) as colour."""
+    torch.set_num_threads(1)
+    h, w = 32, 48
+    img = torch.full((h, w, 3), 0.2)
+    img[8:20, 30:42] = 0.9
+    m = init_from_image(torch.full((h, w, 3), 0.2), 40, seed=0)
+    fit(m, torch.full((h, w, 3), 0.2), FitConfig(steps=20), progress=False)
+    means, chol_raw, colors = spawn_at_error(m, img, 30, seed=1)
+    assert means.shape == (30, 2) and chol_raw.shape == (30, 3) and colors.shape == (30, 3)
+    inside = (means[:, 0] >= 29) & (means[:, 0] <= 43) & (means[:, 1] >= 7) & (means[:, 1] <= 21)
+    assert float(inside.float().mean()) > 0.8
+    assert float(colors[inside].mean()) > 0.3
+    torch.testing.assert_close(chol_raw[:, 1], torch.zeros(30))  # isotropic
+    with pytest.raises(ValueError, match="k must be"):
+        spawn_at_error(m, img, h * w + 1)
+
+
+def test_fit_grows_to_the_requested_count_and_helps():
+    """Densifying from 30 to 90 Gaussians ends with 90 (all finite) and beats fitting the 30 alone;
+    the optimizer keeps working on the grown parameters (the spawned ones move)."""
+    torch.set_num_threads(1)
+    img = torch.from_numpy(synthetic_image(24, 32).astype(np.float32) / 255.0)
+    small = init_from_image(img, 30, seed=0)
+    grown = init_from_image(img, 30, seed=0)
+    p_small = fit(small, img, FitConfig(steps=40), progress=False)
+    p_grown = fit(grown, img, FitConfig(steps=40, grow_to=90, grow_at=(0.1, 0.2, 0.3)), progress=False)
+    assert grown.n == 90 and small.n == 30
+    assert all(bool(torch.isfinite(p).all()) for p in grown.params())
+    assert p_grown > p_small + 1.0
+    assert grown.means.requires_grad and isinstance(grown.means, torch.nn.Parameter)
+    with pytest.raises(ValueError, match="grow_to"):
+        fit(init_from_image(img, 10, seed=0), img, FitConfig(steps=5, grow_to=20, grow_at=(1.5,)), progress=False)
+
+
+def test_qat_transform_can_leave_colours_in_float():
+    """With colors=False the geometry is still the decoded geometry (straight-through) while colours
+    pass through untouched; with colors=True they land on the colour grid."""
+    from scenezip.splatting.image_codec import qat_transform
+
+    gen = torch.Generator().manual_seed(0)
+    means = (torch.rand(20, 2, generator=gen) * 30).requires_grad_()
+    chol_raw = torch.randn(20, 3, generator=gen)
+    colors = torch.rand(20, 3, generator=gen).requires_grad_()
+    quant = QuantConfig(pos_frac_bits=1, chol_bits=4, color_step_q=8)
+    cr = make_chol_range(chol_raw)
+    m_f, c_f, col_f = qat_transform(32, 32, quant, cr, colors=False)((means, chol_raw, colors))
+    m_q, c_q, col_q = qat_transform(32, 32, quant, cr)((means, chol_raw, colors))
+    torch.testing.assert_close(m_f, m_q)
+    torch.testing.assert_close(c_f, c_q)
+    assert torch.equal(m_f * 2, torch.round(m_f * 2))  # on the half-pixel grid
+    assert col_f is colors and not torch.allclose(col_q, colors)
+    (m_f.sum() + col_f.sum()).backward()
+    assert torch.all(means.grad == 1) and torch.all(colors.grad == 1)  # straight through
 
 
 def test_pack_round_trip_both_table_kinds():
