@@ -174,12 +174,12 @@ def gaussians_to_c3dgs(
     prune_opacity: float = 0.005,
     distill_steps: int = 1000,
     rvq_stages: int = 6,
-    rot_stages: int | None = None,
     rvq_codebook_size: int = 64,
     seed: int = 0,
     progress: bool = True,
     hash_rate_lambda: float | None = None,
     color_dc: bool = True,
+    rot_stages: int | None = None,
 ) -> tuple[C3DGSModel, dict[str, Any]]:
     """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
     counts before and after pruning and the distillation RMS error. ``hash_rate_lambda`` weighs the hash
