@@ -36,8 +36,8 @@ class CompressArgs:
     into the colour field; off: the field learns all colour (Compact-3DGS)."""
     rvq_stages: int = 6
     """R-VQ stages for scale (and rotation, unless --rot-stages)."""
-    rot_stages: Optional[int] = None
-    """R-VQ stages for rotation (None: --rvq-stages)."""
+    rot_stages: Optional[int] = 4
+    """R-VQ stages for rotation (None: --rvq-stages); on lego 4 stages decode like 6 (-0.0015 dB)."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
     hash_rate_lambda: Optional[float] = None

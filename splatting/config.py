@@ -174,8 +174,9 @@ class C3DGSConfig(GaussianTrainConfig):
     """R-VQ stages."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
-    rot_stages: Optional[int] = None
-    """R-VQ stages of the rotations (None: rvq_stages)."""
+    rot_stages: Optional[int] = 4
+    """R-VQ stages of the rotations (None: rvq_stages). lego, 100 px, codebooks refitted at the end: 4 stages 29.92 dB
+    in 497 kB, 5 stages 29.92 dB in 523 kB, 6 stages 29.92 dB in 549 kB."""
     lr_codebooks: float = 1e-3
     """Learning rate of the R-VQ codebooks."""
     hash_zero_threshold: float = 0.1

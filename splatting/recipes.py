@@ -250,6 +250,11 @@ class C3DGSRecipe(Gaussian3DRecipe):
         return {"mask_pruned": remove(model.splats, optimizers, drop, controller.stats)}
 
     def final_model(self, model: Any) -> Any:
+        # The R-VQ codebooks are refitted by k-means to the final attributes before coding (in place, so the
+        # saved model and the file agree). Measured on lego (100 px, 2000 steps, 25 test views): the codebooks
+        # trained in the run's last 1/30 decode to 28.31 dB, refitted ones to 29.92 dB (the float model: 29.91);
+        # the Adam step of the codebooks (1e-3) is as large as the scales themselves in normalized scene units.
+        model.init_rvq()
         return model.quantized_copy(self.config.hash_zero_threshold)
 
 
