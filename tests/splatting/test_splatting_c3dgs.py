@@ -418,3 +418,28 @@ def test_rotation_stages_may_differ_from_scale_stages(tmp_path):
     bad["rvq"]["rotations"]["codebook_size"] = 32  # stage counts may differ, codebook sizes may not
     with pytest.raises(SceneFileError, match="r.scz"):
         c3dgs_from_streams(decode_streams(scene), bad, "r.scz")
+
+
+def test_final_model_refits_damaged_codebooks():
+    """The c3dgs recipe's last step refits the R-VQ codebooks to the final attributes (trained codebooks can drift
+    far from them, see C3DGSRecipe.final_model), in place, so the saved model and the file agree."""
+    from scenezip.splatting.config import C3DGSConfig
+    from scenezip.splatting.recipes import C3DGSRecipe
+
+    m = C3DGSModel.from_gaussians(_gaussians(200, seed=9), CFG, BOUNDS, backend="torch", color_dc=True)
+    with torch.no_grad():
+        for vq in (m.scale_vq, m.rot_vq, m.dc_vq):
+            vq.codebooks.add_(torch.randn(vq.codebooks.shape, generator=torch.Generator().manual_seed(1)))
+    from scenezip.quant.rvq import rvq_decode
+
+    target = torch.exp(m.splats["scales"]).detach()
+
+    def err() -> float:
+        cb = m.scale_vq.codebooks.detach()
+        return float((rvq_decode(rvq_encode(target, cb), cb) - target).abs().mean())
+
+    damaged = err()
+    q = C3DGSRecipe(C3DGSConfig(data=".")).final_model(m)
+    assert err() < 0.2 * damaged, (err(), damaged)
+    meta, streams = m.to_streams()  # the live model now holds the refitted codebooks the copy rendered with
+    assert np.array_equal(streams["scale_codebooks"][0], q.scale_vq.codebooks.detach().to(torch.float16).numpy())
