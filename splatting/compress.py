@@ -17,7 +17,9 @@ it:
    distilled and costs what the rate term allowed;
 3. geometry: R-VQ codebooks for scale, rotation (and base colour) fitted by k-means (at coding time);
 4. optional fine-tuning on the capture (``--data``): the c3dgs trainer continues from the converted
-   model without densification, with R-VQ active in the second half.
+   model without densification, with R-VQ active in the second half and the codebooks refitted by k-means
+   at the end (as every c3dgs run, see ``C3DGSRecipe.final_model``); the hash table's rate term is off by
+   default (``scenezip compress --finetune-hash-rate-lambda``).
 
 Everything is then coded by :meth:`~scenezip.splatting.c3dgs.C3DGSModel.to_streams`.
 """
