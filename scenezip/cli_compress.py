@@ -21,8 +21,10 @@ class CompressArgs:
     """The .scz file to write."""
     data: Optional[Path] = None
     """Capture to fine-tune on after converting a 3dgs model (optional); also gives the file its scene facts."""
-    steps: int = 1000
-    """Fine-tuning steps on --data (ignored without --data)."""
+    steps: int = 0
+    """Fine-tuning steps on --data (0: none; --data then only gives the file its scene facts). Measured on lego
+    (100 px, a 37k-Gaussian PLY at 30.82 dB): no fine-tuning 504,573 B at 30.49 dB; 500 steps 625,409 B at 29.55 dB,
+    so fine-tuning is opt-in until it is fixed."""
     downscale: int = 1
     """Image downscale factor of --data."""
     distill_steps: int = 1000
