@@ -278,12 +278,7 @@ class C2DGSRecipe(C3DGSRecipe):
     def init_model(self, ds: Dataset, device: torch.device) -> Any:
         c = self.config
         s = SurfelModel.from_points(ds.points, ds.point_colors, 0, c.init_opacity, c.init_scale, seed=c.seed)
-        bounds = torch.as_tensor(np.asarray(ds.bounds, dtype=np.float32))
-        return C2DGSModel.from_surfels(
-            s, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
-            rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
-            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages, rot_stages=c.rot_stages,
-        ).to(device)  # fmt: skip
+        return C2DGSModel.from_surfels(s, **self.model_options(ds)).to(device)
 
     def model_from_dict(self, data: Mapping[str, Any], device: torch.device, source: str) -> Any:
         return C2DGSModel.from_dict(dict(data), device=device, source=source)

@@ -165,12 +165,18 @@ class C3DGSRecipe(Gaussian3DRecipe):
 
         c = self.config
         g = GaussianModel.from_points(ds.points, ds.point_colors, 0, c.init_opacity, c.init_scale)
-        bounds = torch.as_tensor(np.asarray(ds.bounds, dtype=np.float32))
-        return C3DGSModel.from_gaussians(
-            g, self.color_config(ds), bounds, init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages,
-            rvq_codebook_size=c.rvq_codebook_size, backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(),
-            position_bits=c.position_bits, color_dc=c.color_dc, dc_stages=c.dc_stages, rot_stages=c.rot_stages,
-        ).to(device)  # fmt: skip
+        return C3DGSModel.from_gaussians(g, **self.model_options(ds)).to(device)
+
+    def model_options(self, ds: Dataset) -> dict[str, Any]:
+        """Keyword arguments of a fresh model of this config (colour field, bounds, R-VQ, codecs), shared by
+        the recipes whose models subclass :class:`~scenezip.splatting.c3dgs.C3DGSModel`."""
+        c = self.config
+        return dict(
+            color_config=self.color_config(ds), bounds=torch.as_tensor(np.asarray(ds.bounds, dtype=np.float32)),
+            init_rvq=False, use_rvq=False, rvq_stages=c.rvq_stages, rvq_codebook_size=c.rvq_codebook_size,
+            backend="auto", seed=c.seed, hash_codec=self.hash_codec_settings(), position_bits=c.position_bits,
+            color_dc=c.color_dc, dc_stages=c.dc_stages, rot_stages=c.rot_stages,
+        )  # fmt: skip
 
     def hash_codec_settings(self) -> dict | None:
         """Settings of the model's training-time hash codec (None without ``hash_codec``)."""
