@@ -34,34 +34,19 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
 from scenezip.cli import train_and_write
 from scenezip.scene import load_scene
 from scenezip.scenes.loader import load_dataset
-from scenezip.scenes.procedural import load_scene_json, sample_surface, write_procedural_scene
+from scenezip.scenes.procedural import load_scene_json, read_ground_truth, sample_surface, write_procedural_scene
 from scenezip.splatting.config import DensifyConfig, SurfelTrainConfig, TrainConfig
 from scenezip.splatting.geometry import chamfer_distance, geometry_errors, sample_mesh_points, tsdf_mesh
 from scenezip.splatting.surfels import SurfelLossConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_SURFACE = 20_000
-
-
-def ground_truth(ds: Any, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True z-depth ``[C, H, W]`` and normals ``[C, H, W, 3]`` in the dataset's normalized frame, and the mask of
-    pixels fully covered by the scene, for the procedural views ``ids``."""
-    rot = ds.normalization[:3, :3] / ds.scale
-    depth, normals, mask = [], [], []
-    for i in np.asarray(ids).tolist():
-        p = Path(ds.image_paths[i])
-        d = np.load(p.with_name(p.stem + "_depth.npy"))
-        depth.append(d * ds.scale)
-        normals.append(np.load(p.with_name(p.stem + "_normal.npy")) @ rot.T)
-        mask.append((iio.imread(p)[..., 3] == 255) & (d > 0))
-    return np.stack(depth), np.stack(normals), np.stack(mask)
 
 
 def surface_points(data: Path, ds: Any, n: int = N_SURFACE) -> np.ndarray:
@@ -73,7 +58,7 @@ def surface_points(data: Path, ds: Any, n: int = N_SURFACE) -> np.ndarray:
 def score(model: Any, ds: Any, data: Path, voxel: float) -> dict[str, float]:
     """Depth / normal errors on the test views and the TSDF mesh's Chamfer distance to the true surface."""
     test = ds.indices("test")
-    depth, normals, mask = ground_truth(ds, test)
+    depth, normals, mask = read_ground_truth(ds, test)
     out = geometry_errors(model, ds.cameras[test], depth, normals, mask, backend="torch")
     v, t = tsdf_mesh(model, ds.cameras[ds.indices("train")], voxel_size=voxel, backend="torch")
     out["chamfer"] = chamfer_distance(sample_mesh_points(v, t, N_SURFACE), surface_points(data, ds)) if len(t) else None

@@ -983,3 +983,18 @@ def write_procedural_scene(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def read_ground_truth(ds: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True geometry of the written views ``ids`` of a loaded procedural capture ``ds``, in its normalized frame:
+    z-depth ``[C, H, W]``, world normals ``[C, H, W, 3]`` and the mask of pixels fully covered by the scene
+    (alpha 255 and a true depth). Reads the ``_depth.npy`` / ``_normal.npy`` files beside each image."""
+    rot = ds.normalization[:3, :3] / ds.scale
+    depth, normals, mask = [], [], []
+    for i in np.asarray(ids).tolist():
+        p = Path(ds.image_paths[i])
+        d = np.load(p.with_name(p.stem + "_depth.npy"))
+        depth.append(d * ds.scale)
+        normals.append(np.load(p.with_name(p.stem + "_normal.npy")) @ rot.T)
+        mask.append((np.asarray(Image.open(p))[..., 3] == 255) & (d > 0))
+    return np.stack(depth), np.stack(normals), np.stack(mask)

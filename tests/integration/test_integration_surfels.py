@@ -10,33 +10,18 @@ stays close to the 3DGS one (the old distortion default lost 10 dB) and its dept
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 
 from scenezip.scenes.loader import load_dataset
-from scenezip.scenes.procedural import write_procedural_scene
+from scenezip.scenes.procedural import read_ground_truth, write_procedural_scene
 from scenezip.splatting.config import DensifyConfig, SurfelTrainConfig, TrainConfig
 from scenezip.splatting.geometry import geometry_errors
 from scenezip.splatting.surfels import SurfelModel
 from scenezip.splatting.trainer import train
 
 SIZE, STEPS = 24, 120
-
-
-def _ground_truth(ds, ids):
-    rot = ds.normalization[:3, :3] / ds.scale
-    depth, normals, mask = [], [], []
-    for i in np.asarray(ids).tolist():
-        p = Path(ds.image_paths[i])
-        d = np.load(p.with_name(p.stem + "_depth.npy"))
-        depth.append(d * ds.scale)
-        normals.append(np.load(p.with_name(p.stem + "_normal.npy")) @ rot.T)
-        mask.append((iio.imread(p)[..., 3] == 255) & (d > 0))
-    return np.stack(depth), np.stack(normals), np.stack(mask)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def trained(tmp_path_factory):
                       ("2dgs", SurfelTrainConfig(out=root / "2dgs", **common))):  # fmt: skip
         result = train(cfg, dataset=ds)
         test = ds.indices("test")
-        depth, normals, mask = _ground_truth(ds, test)
+        depth, normals, mask = read_ground_truth(ds, test)
         geo = geometry_errors(result.model, ds.cameras[test], depth, normals, mask, backend="torch")
         out[name] = (result, geo)
     return out

@@ -410,3 +410,17 @@ def test_overwrite_replaces_a_procedural_folder(tmp_path: Path):
         f"r_{k}{ext}" for k in range(2) for ext in (".png", "_depth.npy", "_normal.npy")
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # nothing old or temporary left beside it
+
+
+def test_read_ground_truth_in_the_normalized_frame(tmp_path):
+    from scenezip.scenes.loader import load_dataset
+    from scenezip.scenes.procedural import read_ground_truth
+
+    data = write_procedural_scene(tmp_path / "d", n_train=2, n_val=1, n_test=2, width=20, height=20, seed=0)
+    ds = load_dataset(data, n_random_points=10, seed=0)
+    depth, normals, mask = read_ground_truth(ds, ds.indices("test"))
+    assert depth.shape == (2, 20, 20) and normals.shape == (2, 20, 20, 3) and mask.dtype == bool
+    assert mask.any() and (depth[mask] > 0).all()
+    raw = np.load(Path(ds.image_paths[int(ds.indices("test")[0])]).with_name("r_0_depth.npy"))
+    assert np.allclose(depth[0], raw * ds.scale)  # lengths follow the capture's normalization
+    assert np.allclose(np.linalg.norm(normals[mask], axis=-1), 1.0, atol=1e-4)  # a rotation keeps unit normals
