@@ -44,8 +44,12 @@ Deliberate differences from gsplat (the CUDA path is adapted so both backends me
 * ``backgrounds`` colour only the colour channels; ``"D"``/``"ED"`` take none.
 
 The torch path runs through :func:`scenezip.render._tiles.rasterize_tiles`: tiles of depth-sorted
-surfels, chunks of bounded size, checkpointed, with no Python loop over surfels or pixels; autograd
-gives the backward pass. :func:`rasterization_2dgs_reference` is a dense, independently written
+surfels, chunks of bounded size, with no Python loop over surfels or pixels. Each chunk is composited
+by :class:`_Composite2DGS`, whose backward is written by hand (it recomputes the pairs from the chunk's
+per-surfel rows; see its docstring for the derivatives): autograd through the many ``[T, P, K]``
+intermediates, under checkpointing, made 2DGS training on a CPU several times slower than 3DGS. The
+autograd path (:func:`_tile_pixel_fn`, chosen by ``COMPOSITE_BACKWARD = "autograd"``) stays as the
+specification the hand-written one is tested against. :func:`rasterization_2dgs_reference` is a dense, independently written
 reference (a ray-plane solve per pixel and surfel, then a front-to-back loop like the CUDA kernel)
 for tests on tiny inputs.
 """
@@ -53,11 +57,12 @@ for tests on tiny inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from scenezip._backend import import_gsplat, resolve_backend
 from scenezip.render._project import check_splat_inputs, quat_to_rotmat, view_colors, world_to_cam
@@ -193,6 +198,7 @@ _PACK_FEATS = 14
 
 def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool, near_plane: float = 0.0
                    ) -> Callable[..., Tensor]:  # fmt: skip
+    """The autograd ``pixel_fn``: the specification of :class:`_Composite2DGS`, kept for its parity tests."""
     half_filter = 0.5 * filter_inv_sq
 
     def pixel_fn(pix: Tensor, ids: Tensor, valid: Tensor, packed: Tensor) -> Tensor:
@@ -257,6 +263,225 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool, nea
     return pixel_fn
 
 
+class _Pairs(NamedTuple):
+    """Per-pair terms of one chunk (``[T, P, K]`` unless said), shared by the forward and the backward.
+
+    Masks are float 0/1 tensors: on CPUs, bool tensors (comparisons, ``where``, ``masked_fill``) cost
+    several times an arithmetic pass.
+    """
+
+    pix_f: Tensor  # [T, P, 3] (x, y, 1), x and y relative to the reference pixel
+    ref: Tensor  # [T, 1, 2] the reference pixel
+    mloc: Tensor  # [T, K, 2] means2d relative to it
+    opac: Tensor  # [T, K] opacity, 0 on padding
+    cx: Tensor
+    cy: Tensor
+    cz: Tensor  # 1 where the ray is parallel to the surfel (cz = 0)
+    cz2: Tensor  # cz^2
+    use3d: Tensor | None  # the ray-splat Gaussian wins over the screen filter (backward only)
+    unclamped: Tensor | None  # alpha stayed below MAX_ALPHA (backward only)
+    alpha: Tensor  # 0 where skipped or after the stop
+    t_before: Tensor  # transmittance before each pair
+    w: Tensor  # alpha * t_before
+    z: Tensor  # [T, P, K] (intersection) or [T, 1, K] (centre) depth composited per pair
+    on_plane: Tensor | None  # z is the plane's depth det / cz (intersection only)
+    last: Tensor  # [T, P] int64 index of the median pair, -1 when none
+
+
+def _pair_terms(pix: Tensor, valid: Tensor, g: Tensor, half_filter: float, intersection: bool,
+                near_plane: float, for_backward: bool = False) -> _Pairs:  # fmt: skip
+    """Alphas, weights and depths of every pair of one chunk, without autograd.
+
+    The same values as the autograd ``pixel_fn`` of :func:`_tile_pixel_fn`, to the bit: the same
+    arithmetic in the same order, with ``where(mask, x, 0)`` written as ``x * mask`` (equal for finite
+    ``x``; the only value that can be NaN, ``rho3d = 0 / 0``, is made 40 as the cap would, giving an
+    alpha below the threshold, as the reference's NaN comparisons do), and in place where that spares
+    a ``[T, P, K]`` allocation.
+    """
+    n_t, n_k = valid.shape
+    n_p = pix.shape[1]
+    Q = g[..., :9].reshape(n_t, n_k, 3, 3)
+    opac = g[..., 11] * valid.to(g.dtype)
+    det, depth = g[..., 12], g[..., 13]
+    ref = pix[:, :1, :]
+    local = pix - ref
+    mloc = g[..., 9:11] - ref
+    offset = Q[..., 2] + (Q[..., :2] * ref[:, :, None, :]).sum(-1)
+    rows_c = torch.cat([Q[..., :2], offset[..., None], torch.zeros_like(offset[..., None])], -1)
+    row_r = torch.stack(
+        [-2.0 * half_filter * mloc[..., 0], -2.0 * half_filter * mloc[..., 1],
+         half_filter * (mloc * mloc).sum(-1), torch.full_like(det, half_filter)], -1
+    )[:, :, None]  # fmt: skip
+    G = torch.cat([rows_c, row_r], 2).permute(0, 3, 2, 1).reshape(n_t, 4, 4 * n_k)
+    pix_f = torch.cat([local, torch.ones_like(local[..., :1]), (local * local).sum(-1, keepdim=True)], -1)
+    cx, cy, cz, rho2d = torch.bmm(pix_f, G).view(n_t, n_p, 4, n_k).unbind(2)
+    buf = torch.empty_like(cx)
+    missed = torch.eq(cz, 0.0, out=buf)  # the ray is parallel to the plane
+    cz = cz + missed  # 1 there, cz elsewhere
+    keep = missed.neg_().add_(1.0)  # hit: 1 - missed
+    cz2 = cz * cz
+    rho3d = (cx * cx).add_(cy * cy).div_(cz2)
+    use3d = torch.le(rho3d, rho2d, out=torch.empty_like(rho3d)) if for_backward else None
+    # capped far below the alpha threshold: exp of large arguments gives denormals, slow on CPUs
+    alpha = torch.minimum(rho3d, rho2d).clamp_max_(40.0).nan_to_num_(nan=40.0).neg_().exp_().mul_(opac[:, None])
+    unclamped = torch.le(alpha, MAX_ALPHA, out=torch.empty_like(alpha)) if for_backward else None
+    alpha.clamp_max_(MAX_ALPHA)
+    on_plane = None
+    if intersection:
+        # the plane's depth where the ray meets the surfel's disc (or its Gaussian beats the filter, as in
+        # 2DGS's kernel); elsewhere its centre's: there the ray may meet the plane far away or behind
+        on_plane = torch.le(rho3d, rho2d.clamp_min_(HALF_DISC), out=rho2d).mul_(keep)  # rho2d is spent
+        big = torch.finfo(g.dtype).max  # det / cz is finite where it is used; clamped so that x * 0 = 0
+        z = torch.addcmul((1.0 - on_plane).mul_(depth[:, None, :]), (det[:, None, :] / cz).clamp_(-big, big), on_plane)
+        keep.mul_(torch.gt(z, near_plane, out=torch.empty_like(z)))
+    else:
+        z = depth[:, None, :]
+    keep.mul_(torch.ge(alpha, ALPHA_THRESHOLD, out=torch.empty_like(alpha)))
+    alpha.mul_(keep)
+    trans = torch.empty(n_t, n_p, n_k + 1, dtype=alpha.dtype, device=alpha.device)
+    trans[..., 0] = 1.0
+    torch.cumprod(1.0 - alpha, dim=-1, out=trans[..., 1:])
+    # the kernel stops before the surfel that would take T to T_MIN or below; T only falls, so every
+    # later surfel fails the same test and a per-pair mask reproduces the early stop
+    alpha.mul_(torch.gt(trans[..., 1:], T_MIN, out=keep))
+    t_before = trans[..., :-1]
+    w = alpha * t_before
+    # the median pair: the last with alpha > 0 while T > 0.5, found as a max over (index + 1) * mask
+    mask = torch.gt(alpha, 0.0, out=keep).mul_(torch.gt(t_before, MEDIAN_T, out=torch.empty_like(alpha)))
+    last = mask.mul_(torch.arange(1, n_k + 1, dtype=alpha.dtype, device=alpha.device)).amax(-1).long() - 1
+    return _Pairs(pix_f[..., :3], ref, mloc, opac, cx, cy, cz, cz2, use3d, unclamped, alpha, t_before, w, z,
+                  on_plane, last)
+
+
+class _Composite2DGS(torch.autograd.Function):
+    """Surfel compositing of one chunk with a hand-written backward that recomputes the pairs.
+
+    Saves only the chunk's gathered per-surfel rows (never a ``[T, P, K]`` tensor), so it needs no
+    checkpointing; the backward costs one recomputation, a few batched products and a few dozen
+    elementwise passes, where autograd through the checkpointed ``pixel_fn`` paid a forward, a
+    recomputation and the backward of every intermediate. With ``w_k = alpha_k T_k``, ``W_k = 1 - T_k
+    = sum_{j<k} w_j``, ``A_k = sum_{j<k} w_j z_j`` and totals ``W, A`` over the pixel:
+
+    * distortion ``D = 2 sum_k w_k (z_k W_k - A_k)``: ``dD/dw_k = 2 (z_k (2 W_k - W) + A - 2 A_k)``,
+      ``dD/dz_k = 2 w_k (2 W_k + w_k - W)``;
+    * median: its gradient goes to the ``z`` of the median pair;
+    * compositing (gsplat's): ``dL/dalpha_k = T_k g_k - sum_{j>k} g_j w_j / (1 - alpha_k)`` with
+      ``g_k = dL/dw_k``, zero where alpha was clamped, skipped or stopped;
+    * ``alpha = opac exp(-min(rho3d, rho2d))`` with ``rho3d = (cx^2 + cy^2) / cz^2`` and ``rho2d`` the
+      filter's ``|pixel - means2d|^2 / (2 sigma^2)``; ``(cx, cy, cz) = Q (x, y, 1)`` is linear in the
+      scaled adjugate ``Q``, and the plane depth ``det / cz`` gives ``det`` and ``cz`` their share.
+    """
+
+    @staticmethod
+    def forward(ctx, pix: Tensor, valid: Tensor, g: Tensor, half_filter: float, distloss: bool,
+                intersection: bool, near_plane: float) -> Tensor:  # fmt: skip
+        ctx.save_for_backward(pix, valid, g)
+        ctx.options = (half_filter, distloss, intersection, near_plane)
+        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane)
+        w, z = p.w, p.z
+        acc = torch.bmm(w, g[..., _PACK_FEATS:])  # [T, P, F]
+        extra = [w.sum(-1)]
+        found = (p.last >= 0).to(w.dtype)
+        if intersection:
+            acc = torch.cat([acc, (w * z).sum(-1, keepdim=True)], -1)
+            median = torch.gather(z, -1, p.last.clamp_min(0)[..., None])[..., 0] * found
+        else:
+            median = torch.gather(g[..., 13], 1, p.last.clamp_min(0)) * found
+        extra.append(median)
+        if distloss:
+            wz = w * z
+            extra.append(wz.mul(1.0 - p.t_before).sub_(w * torch.cumsum(wz, -1).sub_(wz)).sum(-1).mul_(2.0))
+        else:
+            extra.append(torch.zeros_like(median))
+        return torch.cat([acc, torch.stack(extra, -1)], -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        pix, valid, g = ctx.saved_tensors
+        half_filter, distloss, intersection, near_plane = ctx.options
+        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane, for_backward=True)
+        n_t, n_p, n_k = p.w.shape
+        feats = g[..., _PACK_FEATS:]
+        n_f = feats.shape[-1]
+        grad_out = grad_out.contiguous()
+        g_feats = grad_out[..., :n_f]
+        col = n_f + 1 if intersection else n_f
+        g_alpha, g_median, g_distort = (grad_out[..., col + i, None] for i in range(3))
+        w, z = p.w, p.z
+
+        grad_w = torch.bmm(g_feats, feats.transpose(1, 2)).add_(g_alpha)  # dL/dw [T, P, K]
+        if intersection:
+            g_wz = grad_out[..., n_f, None]
+            grad_w.addcmul_(z, g_wz)
+            grad_z = w * g_wz  # dL/dz [T, P, K]
+        else:
+            grad_z = torch.zeros_like(w)
+        if distloss:
+            wz = w * z
+            before = 1.0 - p.t_before  # W_k
+            total_w, total_wz = w.sum(-1, keepdim=True), wz.sum(-1, keepdim=True)
+            a_before = torch.cumsum(wz, -1).sub_(wz)  # A_k
+            two_g = 2.0 * g_distort
+            # dD/dw = 2 (z (2 W_k - W) + A - 2 A_k), dD/dz = 2 w (2 W_k + w - W)
+            grad_w.add_(before.mul(2.0).sub_(total_w).mul_(z).add_(total_wz).sub_(a_before.mul_(2.0)).mul_(two_g))
+            grad_z.add_(before.mul_(2.0).add_(w).sub_(total_w).mul_(w).mul_(two_g))
+        found = (p.last >= 0).to(w.dtype)
+        grad_z.scatter_add_(-1, p.last.clamp_min(0)[..., None], (g_median[..., 0] * found)[..., None])
+        grad_feats = torch.bmm(w.transpose(1, 2), g_feats)  # [T, K, F]
+
+        # compositing: dL/dalpha = T g - later / (1 - alpha); times d alpha / d(-rho) = alpha
+        q = w * grad_w
+        later = q.flip(-1).cumsum_(-1).flip(-1).sub_(q)
+        grad_rho = later.div_(1.0 - p.alpha).sub_(grad_w.mul_(p.t_before)).mul_(p.alpha).mul_(p.unclamped)
+        # dL/drho with rho = min(rho3d, rho2d); d alpha / d opac = alpha / opac
+        safe = torch.where(p.opac > 0, p.opac, torch.ones_like(p.opac))
+        grad_opac = torch.where(p.opac > 0, -grad_rho.sum(1) / safe, torch.zeros_like(p.opac))
+        grad_3d = grad_rho * p.use3d
+        grad_2d = grad_rho.sub_(grad_3d)
+        # rho3d = (cx^2 + cy^2) / cz^2; cz^2 underflows to 0 only where rho3d is inf or NaN (not use3d)
+        tiny = torch.finfo(g.dtype).tiny * torch.finfo(g.dtype).eps
+        s = grad_3d.div_(p.cz2.clamp_min_(tiny)).mul_(2.0)
+        grad_cx, grad_cy = s * p.cx, s.mul_(p.cy)
+        grad_cz = torch.addcmul(grad_cy * p.cy, grad_cx, p.cx).div_(p.cz).neg_()  # -2 g rho3d / cz
+        if intersection:  # z = det / cz on the plane, the centre depth elsewhere
+            grad_plane = grad_z * p.on_plane
+            grad_depth = grad_z.sub_(grad_plane).sum(1)
+            grad_det = grad_plane.div_(p.cz).sum(1)
+            grad_cz.sub_(grad_plane.mul_(p.z))
+        else:
+            grad_det = torch.zeros_like(p.opac)
+            grad_depth = grad_z.sum(1)
+        # (cx, cy, cz) = Q (x, y, 1) and rho2d = h |pixel - means2d|^2: all from sums over pixels of
+        # (x, y, 1) times the four per-pair gradients, one batched product
+        stacked = torch.stack([grad_cx, grad_cy, grad_cz, grad_2d], 2).view(n_t, n_p, 4 * n_k)
+        R = torch.bmm(p.pix_f.transpose(1, 2), stacked).view(n_t, 3, 4, n_k)  # [T, (x, y, 1), (cx, cy, cz, 2d), K]
+        ref = p.ref[:, 0, :, None, None]  # [T, 2, 1, 1]
+        grad_Q = torch.stack([R[:, 0] + ref[:, 0] * R[:, 2], R[:, 1] + ref[:, 1] * R[:, 2], R[:, 2]], -1)
+        grad_Q = grad_Q[:, :3].permute(0, 2, 1, 3).reshape(n_t, n_k, 9)  # [T, K, (row, col)]
+        grad_m = (R[:, :2, 3].transpose(1, 2) - p.mloc * R[:, 2, 3, :, None]) * (-2.0 * half_filter)
+        grad_g = torch.cat([grad_Q, grad_m, grad_opac[..., None], grad_det[..., None], grad_depth[..., None],
+                            grad_feats], -1)  # fmt: skip
+        return None, None, grad_g, None, None, None, None
+
+
+def _tile_composite_fn(filter_inv_sq: float, distloss: bool, intersection: bool, near_plane: float = 0.0
+                       ) -> Callable[..., Tensor]:  # fmt: skip
+    """The ``pixel_fn`` of the product path: :class:`_Composite2DGS` on the gathered rows of one chunk."""
+    half_filter = 0.5 * filter_inv_sq
+
+    def pixel_fn(pix: Tensor, ids: Tensor, valid: Tensor, packed: Tensor) -> Tensor:
+        """``pix`` ``[T, P, 2]``, ``ids``/``valid`` ``[T, K]``, ``packed`` ``[C*N, 14 + F]`` -> ``[T, P, F' + 4]``."""
+        return _Composite2DGS.apply(pix, valid, packed[ids], half_filter, distloss, intersection, near_plane)
+
+    return pixel_fn
+
+
+# Which backward the tiled path uses: "hand" (:class:`_Composite2DGS`, the product path) or "autograd"
+# (through the checkpointed reference ``pixel_fn``; tests compare the two).
+COMPOSITE_BACKWARD: Literal["hand", "autograd"] = "hand"
+
+
 def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, height: int, filter_inv_sq: float,
                      distloss: bool, intersection: bool, tile_size: int, chunk_pairs: int,
                      densify: Tensor | None = None, near_plane: float = 0.0) -> tuple[Tensor, TileIntersections]:
@@ -281,8 +506,12 @@ def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
         per_surfel.append(depths)  # composited like a colour channel
     packed = torch.cat(per_surfel, -1)
     packed = packed.reshape(C * N, packed.shape[-1])
-    fn = _tile_pixel_fn(filter_inv_sq, distloss, intersection, near_plane)
-    out = rasterize_tiles(fn, (packed,), isect, width, height, feats.shape[-1] + 4, chunk_pairs)
+    if COMPOSITE_BACKWARD == "autograd":
+        fn, checkpointed = _tile_pixel_fn(filter_inv_sq, distloss, intersection, near_plane), True
+    else:
+        fn, checkpointed = _tile_composite_fn(filter_inv_sq, distloss, intersection, near_plane), False
+    out = rasterize_tiles(fn, (packed,), isect, width, height, feats.shape[-1] + 4, chunk_pairs,
+                          checkpoint_chunks=checkpointed)
     return out, isect
 
 
