@@ -57,6 +57,7 @@ for tests on tiny inputs.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -263,6 +264,35 @@ def _tile_pixel_fn(filter_inv_sq: float, distloss: bool, intersection: bool, nea
     return pixel_fn
 
 
+class _Scratch:
+    """Scratch ``[T, P, K]``-sized buffers carved from one flat tensor kept between calls (per thread).
+
+    On CPUs a fresh tensor of a megabyte costs its page faults on every chunk; with glibc's malloc that
+    doubled the time of :class:`_Composite2DGS`. Nothing carved here outlives the call that took it.
+    """
+
+    _local = threading.local()
+
+    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device):
+        cache = self._local.__dict__.setdefault("buffers", {})
+        buf = cache.get((dtype, device))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            cache[(dtype, device)] = buf
+        self.buf, self.used = buf, 0
+
+    def take(self, *shape: int) -> Tensor:
+        n = math.prod(shape)
+        if self.used + n > self.buf.numel():  # more than sized for: a fresh tensor
+            return torch.empty(shape, dtype=self.buf.dtype, device=self.buf.device)
+        out = self.buf[self.used : self.used + n].view(shape)
+        self.used += n
+        return out
+
+
+_SCRATCH_SLOTS = 26  # [T, P, K + 1] buffers the backward takes at most
+
+
 class _Pairs(NamedTuple):
     """Per-pair terms of one chunk (``[T, P, K]`` unless said), shared by the forward and the backward.
 
@@ -285,18 +315,17 @@ class _Pairs(NamedTuple):
     w: Tensor  # alpha * t_before
     z: Tensor  # [T, P, K] (intersection) or [T, 1, K] (centre) depth composited per pair
     on_plane: Tensor | None  # z is the plane's depth det / cz (intersection only)
-    last: Tensor  # [T, P] int64 index of the median pair, -1 when none
+    last: Tensor | None  # [T, P] int64 index of the median pair, -1 when none (forward only)
 
 
 def _pair_terms(pix: Tensor, valid: Tensor, g: Tensor, half_filter: float, intersection: bool,
-                near_plane: float, for_backward: bool = False) -> _Pairs:  # fmt: skip
-    """Alphas, weights and depths of every pair of one chunk, without autograd.
+                near_plane: float, scratch: _Scratch, for_backward: bool = False) -> _Pairs:  # fmt: skip
+    """Alphas, weights and depths of every pair of one chunk, without autograd, in ``scratch``.
 
     The same values as the autograd ``pixel_fn`` of :func:`_tile_pixel_fn`, to the bit: the same
     arithmetic in the same order, with ``where(mask, x, 0)`` written as ``x * mask`` (equal for finite
     ``x``; the only value that can be NaN, ``rho3d = 0 / 0``, is made 40 as the cap would, giving an
-    alpha below the threshold, as the reference's NaN comparisons do), and in place where that spares
-    a ``[T, P, K]`` allocation.
+    alpha below the threshold, as the reference's NaN comparisons do).
     """
     n_t, n_k = valid.shape
     n_p = pix.shape[1]
@@ -314,53 +343,99 @@ def _pair_terms(pix: Tensor, valid: Tensor, g: Tensor, half_filter: float, inter
     )[:, :, None]  # fmt: skip
     G = torch.cat([rows_c, row_r], 2).permute(0, 3, 2, 1).reshape(n_t, 4, 4 * n_k)
     pix_f = torch.cat([local, torch.ones_like(local[..., :1]), (local * local).sum(-1, keepdim=True)], -1)
-    cx, cy, cz, rho2d = torch.bmm(pix_f, G).view(n_t, n_p, 4, n_k).unbind(2)
-    buf = torch.empty_like(cx)
-    missed = torch.eq(cz, 0.0, out=buf)  # the ray is parallel to the plane
-    cz = cz + missed  # 1 there, cz elsewhere
-    keep = missed.neg_().add_(1.0)  # hit: 1 - missed
-    cz2 = cz * cz
-    rho3d = (cx * cx).add_(cy * cy).div_(cz2)
-    use3d = torch.le(rho3d, rho2d, out=torch.empty_like(rho3d)) if for_backward else None
+    shape = (n_t, n_p, n_k)
+    cx, cy, cz, rho2d = torch.bmm(pix_f, G, out=scratch.take(n_t, n_p, 4 * n_k)).view(n_t, n_p, 4, n_k).unbind(2)
+    keep = torch.eq(cz, 0.0, out=scratch.take(*shape))  # the ray is parallel to the plane
+    cz = torch.add(cz, keep, out=scratch.take(*shape))  # 1 there, cz elsewhere
+    keep.neg_().add_(1.0)  # hit
+    cz2 = torch.mul(cz, cz, out=scratch.take(*shape))
+    rho3d = torch.mul(cx, cx, out=scratch.take(*shape))
+    alpha = scratch.take(*shape)
+    rho3d.add_(torch.mul(cy, cy, out=alpha)).div_(cz2)
+    use3d = torch.le(rho3d, rho2d, out=scratch.take(*shape)) if for_backward else None
     # capped far below the alpha threshold: exp of large arguments gives denormals, slow on CPUs
-    alpha = torch.minimum(rho3d, rho2d).clamp_max_(40.0).nan_to_num_(nan=40.0).neg_().exp_().mul_(opac[:, None])
-    unclamped = torch.le(alpha, MAX_ALPHA, out=torch.empty_like(alpha)) if for_backward else None
+    torch.minimum(rho3d, rho2d, out=alpha).clamp_max_(40.0).nan_to_num_(nan=40.0).neg_().exp_().mul_(opac[:, None])
+    unclamped = torch.le(alpha, MAX_ALPHA, out=scratch.take(*shape)) if for_backward else None
     alpha.clamp_max_(MAX_ALPHA)
+    tmp = rho3d  # spent below
     on_plane = None
     if intersection:
         # the plane's depth where the ray meets the surfel's disc (or its Gaussian beats the filter, as in
         # 2DGS's kernel); elsewhere its centre's: there the ray may meet the plane far away or behind
-        on_plane = torch.le(rho3d, rho2d.clamp_min_(HALF_DISC), out=rho2d).mul_(keep)  # rho2d is spent
+        on_plane = torch.le(rho3d, rho2d.clamp_min_(HALF_DISC), out=scratch.take(*shape)).mul_(keep)
         big = torch.finfo(g.dtype).max  # det / cz is finite where it is used; clamped so that x * 0 = 0
-        z = torch.addcmul((1.0 - on_plane).mul_(depth[:, None, :]), (det[:, None, :] / cz).clamp_(-big, big), on_plane)
-        keep.mul_(torch.gt(z, near_plane, out=torch.empty_like(z)))
+        plane_z = torch.div(det[:, None, :], cz, out=tmp).clamp_(-big, big)
+        z = torch.mul(on_plane, -1.0, out=scratch.take(*shape)).add_(1.0).mul_(depth[:, None, :])
+        z.addcmul_(plane_z, on_plane)
+        keep.mul_(torch.gt(z, near_plane, out=tmp))
     else:
         z = depth[:, None, :]
-    keep.mul_(torch.ge(alpha, ALPHA_THRESHOLD, out=torch.empty_like(alpha)))
+    keep.mul_(torch.ge(alpha, ALPHA_THRESHOLD, out=tmp))
     alpha.mul_(keep)
-    trans = torch.empty(n_t, n_p, n_k + 1, dtype=alpha.dtype, device=alpha.device)
+    trans = scratch.take(n_t, n_p, n_k + 1)
     trans[..., 0] = 1.0
-    torch.cumprod(1.0 - alpha, dim=-1, out=trans[..., 1:])
+    torch.cumprod(torch.mul(alpha, -1.0, out=tmp).add_(1.0), dim=-1, out=trans[..., 1:])
     # the kernel stops before the surfel that would take T to T_MIN or below; T only falls, so every
     # later surfel fails the same test and a per-pair mask reproduces the early stop
     alpha.mul_(torch.gt(trans[..., 1:], T_MIN, out=keep))
     t_before = trans[..., :-1]
-    w = alpha * t_before
-    # the median pair: the last with alpha > 0 while T > 0.5, found as a max over (index + 1) * mask
-    mask = torch.gt(alpha, 0.0, out=keep).mul_(torch.gt(t_before, MEDIAN_T, out=torch.empty_like(alpha)))
-    last = mask.mul_(torch.arange(1, n_k + 1, dtype=alpha.dtype, device=alpha.device)).amax(-1).long() - 1
+    w = torch.mul(alpha, t_before, out=scratch.take(*shape))
+    last = None
+    if not for_backward:  # the median pair: the last with alpha > 0 while T > 0.5, as a max of (index + 1) * mask
+        mask = torch.gt(alpha, 0.0, out=keep).mul_(torch.gt(t_before, MEDIAN_T, out=tmp))
+        last = mask.mul_(torch.arange(1, n_k + 1, dtype=alpha.dtype, device=alpha.device)).amax(-1).long() - 1
     return _Pairs(pix_f[..., :3], ref, mloc, opac, cx, cy, cz, cz2, use3d, unclamped, alpha, t_before, w, z,
                   on_plane, last)
+
+
+class _RowGradSink:
+    """The gradient of the packed per-surfel rows ``[C*N, 14 + F]``, accumulated in place by every chunk.
+
+    Autograd through ``packed[ids]`` would give each chunk its own full-size gradient (a zero fill, a
+    scatter and an accumulation of ``C*N`` rows per chunk: a cost growing with chunks times surfels);
+    the chunks' backwards add their rows here instead and :class:`_PackedRows` hands the sum on once.
+    """
+
+    def __init__(self, like: Tensor):
+        self.like, self.grad = like, None
+
+    def add(self, ids: Tensor, rows: Tensor, width: int) -> None:
+        if self.grad is None:
+            self.grad = torch.zeros(self.like.shape, dtype=rows.dtype, device=rows.device)
+        self.grad.index_add_(0, ids.reshape(-1), rows.reshape(-1, width))
+
+    def take(self) -> Tensor | None:
+        grad, self.grad = self.grad, None  # a second backward (retain_graph) accumulates afresh
+        return grad
+
+
+class _PackedRows(torch.autograd.Function):
+    """Identity on the packed rows; its backward returns what the chunks accumulated in the sink.
+
+    The chunks (:class:`_Composite2DGS`) take its output as an input, so autograd runs this backward
+    after all of theirs; they return no gradient for it themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, packed: Tensor, sink: _RowGradSink) -> Tensor:
+        ctx.sink = sink
+        return packed.view_as(packed)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        summed = ctx.sink.take()
+        return (grad if summed is None else summed), None
 
 
 class _Composite2DGS(torch.autograd.Function):
     """Surfel compositing of one chunk with a hand-written backward that recomputes the pairs.
 
-    Saves only the chunk's gathered per-surfel rows (never a ``[T, P, K]`` tensor), so it needs no
-    checkpointing; the backward costs one recomputation, a few batched products and a few dozen
-    elementwise passes, where autograd through the checkpointed ``pixel_fn`` paid a forward, a
-    recomputation and the backward of every intermediate. With ``w_k = alpha_k T_k``, ``W_k = 1 - T_k
-    = sum_{j<k} w_j``, ``A_k = sum_{j<k} w_j z_j`` and totals ``W, A`` over the pixel:
+    Saves only the chunk's gathered per-surfel rows and per-pixel results (never a ``[T, P, K]``
+    tensor), so it needs no checkpointing; the backward costs one recomputation, a few batched
+    products and a few dozen elementwise passes, where autograd through the checkpointed ``pixel_fn``
+    paid a forward, a recomputation and the backward of every intermediate. With ``w_k = alpha_k T_k``,
+    ``W_k = 1 - T_k = sum_{j<k} w_j``, ``A_k = sum_{j<k} w_j z_j`` and totals ``W, A`` over the pixel:
 
     * distortion ``D = 2 sum_k w_k (z_k W_k - A_k)``: ``dD/dw_k = 2 (z_k (2 W_k - W) + A - 2 A_k)``,
       ``dD/dz_k = 2 w_k (2 W_k + w_k - W)``;
@@ -373,11 +448,12 @@ class _Composite2DGS(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pix: Tensor, valid: Tensor, g: Tensor, half_filter: float, distloss: bool,
-                intersection: bool, near_plane: float) -> Tensor:  # fmt: skip
-        ctx.save_for_backward(pix, valid, g)
-        ctx.options = (half_filter, distloss, intersection, near_plane)
-        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane)
+    def forward(ctx, pix: Tensor, valid: Tensor, ids: Tensor, packed: Tensor, sink: _RowGradSink, half_filter: float,
+                distloss: bool, intersection: bool, near_plane: float) -> Tensor:  # fmt: skip
+        g = packed[ids]  # [T, K, 14 + F]
+        n_t, n_k = valid.shape
+        scratch = _Scratch(_SCRATCH_SLOTS * n_t * pix.shape[1] * (n_k + 1), g.dtype, g.device)
+        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane, scratch)
         w, z = p.w, p.z
         acc = torch.bmm(w, g[..., _PACK_FEATS:])  # [T, P, F]
         extra = [w.sum(-1)]
@@ -389,19 +465,27 @@ class _Composite2DGS(torch.autograd.Function):
             median = torch.gather(g[..., 13], 1, p.last.clamp_min(0)) * found
         extra.append(median)
         if distloss:
-            wz = w * z
-            extra.append(wz.mul(1.0 - p.t_before).sub_(w * torch.cumsum(wz, -1).sub_(wz)).sum(-1).mul_(2.0))
+            wz = torch.mul(w, z, out=scratch.take(*w.shape))
+            before = torch.mul(p.t_before, -1.0, out=scratch.take(*w.shape)).add_(1.0)
+            a_before = torch.cumsum(wz, -1, out=scratch.take(*w.shape)).sub_(wz)
+            extra.append(wz.mul_(before).sub_(a_before.mul_(w)).sum(-1).mul_(2.0))
         else:
             extra.append(torch.zeros_like(median))
-        return torch.cat([acc, torch.stack(extra, -1)], -1)
+        out = torch.cat([acc, torch.stack(extra, -1)], -1)
+        ctx.save_for_backward(pix, valid, ids, g, p.last, out)
+        ctx.options = (sink, half_filter, distloss, intersection, near_plane)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        pix, valid, g = ctx.saved_tensors
-        half_filter, distloss, intersection, near_plane = ctx.options
-        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane, for_backward=True)
-        n_t, n_p, n_k = p.w.shape
+        pix, valid, ids, g, last, out = ctx.saved_tensors
+        sink, half_filter, distloss, intersection, near_plane = ctx.options
+        n_t, n_k = valid.shape
+        n_p = pix.shape[1]
+        scratch = _Scratch(_SCRATCH_SLOTS * n_t * n_p * (n_k + 1), g.dtype, g.device)
+        p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane, scratch, for_backward=True)
+        shape = (n_t, n_p, n_k)
         feats = g[..., _PACK_FEATS:]
         n_f = feats.shape[-1]
         grad_out = grad_out.contiguous()
@@ -410,69 +494,77 @@ class _Composite2DGS(torch.autograd.Function):
         g_alpha, g_median, g_distort = (grad_out[..., col + i, None] for i in range(3))
         w, z = p.w, p.z
 
-        grad_w = torch.bmm(g_feats, feats.transpose(1, 2)).add_(g_alpha)  # dL/dw [T, P, K]
+        grad_w = torch.bmm(g_feats, feats.transpose(1, 2), out=scratch.take(*shape)).add_(g_alpha)  # dL/dw
+        grad_z = scratch.take(*shape)  # dL/dz
         if intersection:
             g_wz = grad_out[..., n_f, None]
             grad_w.addcmul_(z, g_wz)
-            grad_z = w * g_wz  # dL/dz [T, P, K]
+            torch.mul(w, g_wz, out=grad_z)
         else:
-            grad_z = torch.zeros_like(w)
+            grad_z.zero_()
         if distloss:
-            wz = w * z
-            before = 1.0 - p.t_before  # W_k
-            total_w, total_wz = w.sum(-1, keepdim=True), wz.sum(-1, keepdim=True)
-            a_before = torch.cumsum(wz, -1).sub_(wz)  # A_k
+            # the totals W and A are the forward's alpha and accumulated depth (the channel before alpha)
+            total_w, total_wz = out[..., col, None], out[..., col - 1, None]
+            wz = torch.mul(w, z, out=scratch.take(*shape))
+            before = torch.mul(p.t_before, -1.0, out=scratch.take(*shape)).add_(1.0)  # W_k
+            a_before = torch.cumsum(wz, -1, out=scratch.take(*shape)).sub_(wz)  # A_k
             two_g = 2.0 * g_distort
             # dD/dw = 2 (z (2 W_k - W) + A - 2 A_k), dD/dz = 2 w (2 W_k + w - W)
-            grad_w.add_(before.mul(2.0).sub_(total_w).mul_(z).add_(total_wz).sub_(a_before.mul_(2.0)).mul_(two_g))
-            grad_z.add_(before.mul_(2.0).add_(w).sub_(total_w).mul_(w).mul_(two_g))
-        found = (p.last >= 0).to(w.dtype)
-        grad_z.scatter_add_(-1, p.last.clamp_min(0)[..., None], (g_median[..., 0] * found)[..., None])
+            term = torch.mul(before, 2.0, out=wz).sub_(total_w).mul_(z).add_(total_wz).sub_(a_before.mul_(2.0))
+            grad_w.addcmul_(term, two_g)
+            grad_z.addcmul_(before.mul_(2.0).add_(w).sub_(total_w).mul_(w), two_g)
+        found = (last >= 0).to(w.dtype)
+        grad_z.scatter_add_(-1, last.clamp_min(0)[..., None], (g_median[..., 0] * found)[..., None])
         grad_feats = torch.bmm(w.transpose(1, 2), g_feats)  # [T, K, F]
 
         # compositing: dL/dalpha = T g - later / (1 - alpha); times d alpha / d(-rho) = alpha
-        q = w * grad_w
+        q = torch.mul(w, grad_w, out=scratch.take(*shape))
         later = q.flip(-1).cumsum_(-1).flip(-1).sub_(q)
-        grad_rho = later.div_(1.0 - p.alpha).sub_(grad_w.mul_(p.t_before)).mul_(p.alpha).mul_(p.unclamped)
+        one_minus = torch.mul(p.alpha, -1.0, out=q).add_(1.0)
+        grad_rho = later.div_(one_minus).sub_(grad_w.mul_(p.t_before)).mul_(p.alpha).mul_(p.unclamped)
         # dL/drho with rho = min(rho3d, rho2d); d alpha / d opac = alpha / opac
         safe = torch.where(p.opac > 0, p.opac, torch.ones_like(p.opac))
         grad_opac = torch.where(p.opac > 0, -grad_rho.sum(1) / safe, torch.zeros_like(p.opac))
-        grad_3d = grad_rho * p.use3d
-        grad_2d = grad_rho.sub_(grad_3d)
+        stacked = scratch.take(n_t, n_p, 4, n_k)
+        grad_cx, grad_cy, grad_cz, grad_2d = stacked.unbind(2)
+        grad_3d = torch.mul(grad_rho, p.use3d, out=grad_w)
+        torch.sub(grad_rho, grad_3d, out=grad_2d)
         # rho3d = (cx^2 + cy^2) / cz^2; cz^2 underflows to 0 only where rho3d is inf or NaN (not use3d)
         tiny = torch.finfo(g.dtype).tiny * torch.finfo(g.dtype).eps
         s = grad_3d.div_(p.cz2.clamp_min_(tiny)).mul_(2.0)
-        grad_cx, grad_cy = s * p.cx, s.mul_(p.cy)
-        grad_cz = torch.addcmul(grad_cy * p.cy, grad_cx, p.cx).div_(p.cz).neg_()  # -2 g rho3d / cz
+        torch.mul(s, p.cx, out=grad_cx)
+        torch.mul(s, p.cy, out=grad_cy)
+        torch.mul(grad_cy, p.cy, out=grad_cz).addcmul_(grad_cx, p.cx).div_(p.cz).neg_()  # -2 g rho3d / cz
         if intersection:  # z = det / cz on the plane, the centre depth elsewhere
-            grad_plane = grad_z * p.on_plane
+            grad_plane = torch.mul(grad_z, p.on_plane, out=q)
             grad_depth = grad_z.sub_(grad_plane).sum(1)
             grad_det = grad_plane.div_(p.cz).sum(1)
-            grad_cz.sub_(grad_plane.mul_(p.z))
+            grad_cz.sub_(grad_plane.mul_(z))
         else:
             grad_det = torch.zeros_like(p.opac)
             grad_depth = grad_z.sum(1)
         # (cx, cy, cz) = Q (x, y, 1) and rho2d = h |pixel - means2d|^2: all from sums over pixels of
         # (x, y, 1) times the four per-pair gradients, one batched product
-        stacked = torch.stack([grad_cx, grad_cy, grad_cz, grad_2d], 2).view(n_t, n_p, 4 * n_k)
-        R = torch.bmm(p.pix_f.transpose(1, 2), stacked).view(n_t, 3, 4, n_k)  # [T, (x, y, 1), (cx, cy, cz, 2d), K]
-        ref = p.ref[:, 0, :, None, None]  # [T, 2, 1, 1]
+        R = torch.bmm(p.pix_f.transpose(1, 2), stacked.view(n_t, n_p, 4 * n_k)).view(n_t, 3, 4, n_k)
+        ref = p.ref[:, 0, :, None, None]  # [T, 2, 1, 1]; R is [T, (x, y, 1), (cx, cy, cz, 2d), K]
         grad_Q = torch.stack([R[:, 0] + ref[:, 0] * R[:, 2], R[:, 1] + ref[:, 1] * R[:, 2], R[:, 2]], -1)
         grad_Q = grad_Q[:, :3].permute(0, 2, 1, 3).reshape(n_t, n_k, 9)  # [T, K, (row, col)]
         grad_m = (R[:, :2, 3].transpose(1, 2) - p.mloc * R[:, 2, 3, :, None]) * (-2.0 * half_filter)
         grad_g = torch.cat([grad_Q, grad_m, grad_opac[..., None], grad_det[..., None], grad_depth[..., None],
                             grad_feats], -1)  # fmt: skip
-        return None, None, grad_g, None, None, None, None
+        sink.add(ids, grad_g, g.shape[-1])  # padding rows get exactly 0
+        return None, None, None, None, None, None, None, None, None
 
 
-def _tile_composite_fn(filter_inv_sq: float, distloss: bool, intersection: bool, near_plane: float = 0.0
-                       ) -> Callable[..., Tensor]:  # fmt: skip
+def _tile_composite_fn(filter_inv_sq: float, distloss: bool, intersection: bool, near_plane: float,
+                       sink: _RowGradSink) -> Callable[..., Tensor]:  # fmt: skip
     """The ``pixel_fn`` of the product path: :class:`_Composite2DGS` on the gathered rows of one chunk."""
     half_filter = 0.5 * filter_inv_sq
 
     def pixel_fn(pix: Tensor, ids: Tensor, valid: Tensor, packed: Tensor) -> Tensor:
-        """``pix`` ``[T, P, 2]``, ``ids``/``valid`` ``[T, K]``, ``packed`` ``[C*N, 14 + F]`` -> ``[T, P, F' + 4]``."""
-        return _Composite2DGS.apply(pix, valid, packed[ids], half_filter, distloss, intersection, near_plane)
+        """``pix`` ``[T, P, 2]``, ``ids``/``valid`` ``[T, K]``, ``packed`` ``[C*N, 14 + F]`` (the output of
+        :class:`_PackedRows` with ``sink``) -> ``[T, P, F' + 4]``."""
+        return _Composite2DGS.apply(pix, valid, ids, packed, sink, half_filter, distloss, intersection, near_plane)
 
     return pixel_fn
 
@@ -509,7 +601,9 @@ def _composite_tiled(proj: dict, feats: Tensor, opacities: Tensor, width: int, h
     if COMPOSITE_BACKWARD == "autograd":
         fn, checkpointed = _tile_pixel_fn(filter_inv_sq, distloss, intersection, near_plane), True
     else:
-        fn, checkpointed = _tile_composite_fn(filter_inv_sq, distloss, intersection, near_plane), False
+        sink = _RowGradSink(packed)
+        packed = _PackedRows.apply(packed, sink)
+        fn, checkpointed = _tile_composite_fn(filter_inv_sq, distloss, intersection, near_plane, sink), False
     out = rasterize_tiles(fn, (packed,), isect, width, height, feats.shape[-1] + 4, chunk_pairs,
                           checkpoint_chunks=checkpointed)
     return out, isect
