@@ -112,7 +112,7 @@ def test_losses_vanish_on_a_consistent_surface_and_grow_when_perturbed():
     vm, K = _camera()
     cfg = _resolved()
     kw = SurfelModel.loss_render_kwargs(30_000, 30_000, cfg)
-    assert kw == {"distloss": True, "depth_mode": "median", "surfel_depth": None}
+    assert kw == {"distloss": True, "depth_mode": "expected", "surfel_depth": None}
     flat = _plane()
     _, _, meta = flat.render(vm, K, W, H, backend="torch", **kw)
     loss_flat, logs_flat = SurfelModel.extra_loss(meta, 30_000, 30_000, cfg)
@@ -163,8 +163,11 @@ def test_loss_schedule_and_config_resolution():
         SurfelModel.extra_loss(meta_nd, 400, 3000, cfg)
     obj = SurfelLossConfig().resolved("object")
     fwd = SurfelLossConfig().resolved("forward")
-    assert (obj.dist_weight(), obj.normal_depth_mode()) == (1.0, "median")
+    assert (obj.dist_weight(), obj.normal_depth_mode()) == (1.0, "expected")
     assert (fwd.dist_weight(), fwd.normal_depth_mode()) == (0.01, "expected")
+    assert SurfelLossConfig(depth_mode="median").normal_depth_mode() == "median"
+    with pytest.raises(ValueError, match="depth_mode"):
+        SurfelLossConfig(depth_mode="mean").normal_depth_mode()
     # the L1 weights stand for the paper's squared-form 1000 / 10: far below them (1000 cost 10 dB)
     assert obj.dist_weight() <= 10.0 and fwd.dist_weight() < obj.dist_weight()
     assert SurfelLossConfig(dist_lambda=0.0, scene_type="object").dist_weight() == 0.0
