@@ -50,6 +50,8 @@ class MeshArgs:
     """Depths beyond this (normalized units) are not fused."""
     downscale: Optional[int] = None
     """Image downscale factor of the depth renders; default: the one that matches the image size stored in the file."""
+    depth: Literal["expected", "median"] = "expected"
+    """Depth to fuse: expected (alpha-weighted mean) or median (surfel scenes only: the surfel where the transmittance crosses 0.5)."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
     """Rasterizer backend."""
 
@@ -66,12 +68,14 @@ def cmd_mesh(args: MeshArgs) -> None:
     if not args.depth_trunc > 0:
         raise ScenezipError(f"--depth-trunc must be > 0, got {args.depth_trunc}")
     scene, ds, _, _ = _open_for_rendering(args.file, args.data, args.downscale, args.backend)
+    if args.depth == "median" and not getattr(scene.model, "is_surfel", False):
+        raise ScenezipError(f"{args.file}: --depth median needs a surfel scene (2dgs, c2dgs); this is {scene.method}")
     ids = ds.indices(args.split)
     if len(ids) == 0:
         raise ScenezipError(f"{args.data}: split {args.split!r} has no cameras")
     vertices, triangles = tsdf_mesh(
         scene.model, ds.cameras[ids], voxel_size=args.voxel_size, sdf_trunc=args.sdf_trunc,
-        depth_trunc=args.depth_trunc, backend=args.backend, progress=True,
+        depth_trunc=args.depth_trunc, depth=args.depth, backend=args.backend, progress=True,
     )  # fmt: skip
     if len(triangles) == 0:
         raise ScenezipError(f"{args.file}: the depth rendered from {args.split} cameras holds no surface to mesh")
@@ -123,7 +127,7 @@ def render_depth_normal_image(
 ) -> np.ndarray:
     """``[H, W, 3]`` uint8 depth or normal image of ``model`` from one camera (a one-camera ``Cameras``).
 
-    Surfel models render median depth and their own normals; 3D Gaussian models expected depth and
+    Every model renders expected depth; surfel models their own normals, 3D Gaussian models
     shortest-axis normals (see :func:`scenezip.splatting.geometry.render_depth_normals`). ``depth_range``
     fixes the colour map's ``(near, far)``, e.g. to keep it steady across the views of a video.
     """

@@ -5,8 +5,8 @@ Written by hand for scenezip (the procedures are the standard ones of the 2DGS p
 
 * :func:`render_depth_normals` renders z-depth and unit world-space normals. Surfel models (anything
   with ``is_surfel = True``, whose ``render`` returns the meta of
-  :meth:`~scenezip.splatting.surfels.SurfelModel.render`) give their rasterizer's normals and median or
-  expected depth. 3D Gaussian models (anything with ``activated()``) have no normals of their own; they
+  :meth:`~scenezip.splatting.surfels.SurfelModel.render`) give their rasterizer's normals and expected
+  (default) or median depth. 3D Gaussian models (anything with ``activated()``) have no normals of their own; they
   get the usual stand-in, each Gaussian's shortest axis turned toward the camera and composited like a
   colour, and expected depth. One camera is rendered per call, so memory stays at one image.
 * :func:`tsdf_mesh` fuses rendered depth maps into an open3d TSDF volume and extracts its
@@ -79,7 +79,10 @@ def render_depth_normals(
         model: a surfel model (``is_surfel``) or a 3D Gaussian model (``activated()``), see the module notes.
         cameras: C cameras of one image size.
         width, height: render size (default: the cameras'); intrinsics are scaled to it.
-        depth: ``median`` (surfels only) or ``expected``; default median for surfels, expected otherwise.
+        depth: ``expected`` (the default) or ``median`` (surfels only). Expected depth is the default for
+            surfels too: on the 48 px procedural scene (2dgs, 1000 steps) it scored 0.019 relative depth error
+            against the median's 0.025 and fused a mesh 0.0088 from the true surface against 0.0117
+            (``benchmarks/geometry_2dgs.py``); the median leaves pixels of alpha < 0.5 empty.
         backend: rasterizer backend.
         render_kw: passed on to the model's or the rasterizer's render (e.g. ``near_plane``).
 
@@ -89,7 +92,7 @@ def render_depth_normals(
         camera (0 where alpha is 0).
     """
     surfel = _is_surfel(model)
-    kind = depth if depth is not None else ("median" if surfel else "expected")
+    kind = depth if depth is not None else "expected"
     if kind not in ("median", "expected"):
         raise ValueError(f"depth must be 'median' or 'expected', got {kind!r}")
     if kind == "median" and not surfel:

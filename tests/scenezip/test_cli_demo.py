@@ -68,6 +68,16 @@ def test_compress_rejects_bad_inputs(demo, tmp_path):
     assert not (tmp_path / "x.ply").exists()
 
 
+def test_mesh_median_depth_needs_surfels(demo, tmp_path):
+    pytest.importorskip("open3d", reason='open3d is optional (pip install -e ".[mesh]")')
+    out, _ = demo
+    dst = tmp_path / "m.ply"
+    res = run("mesh", str(out / "3dgs" / "scene.scz"), "--data", str(out / "data"), "--depth", "median", "-o", str(dst),
+              ok=False)  # fmt: skip
+    assert res.returncode == 2 and "--depth median needs a surfel scene" in res.stderr and "Traceback" not in res.stderr
+    assert not dst.exists()
+
+
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_orbit_video(demo, tmp_path, suffix):
     out, _ = demo
