@@ -269,6 +269,8 @@ class _Scratch:
 
     On CPUs a fresh tensor of a megabyte costs its page faults on every chunk; with glibc's malloc that
     doubled the time of :class:`_Composite2DGS`. Nothing carved here outlives the call that took it.
+    The default chunks keep about 27 MB (float32) per thread; a buffer above ``_SCRATCH_KEEP`` elements
+    (very large ``chunk_pairs``) is not kept.
     """
 
     _local = threading.local()
@@ -278,7 +280,8 @@ class _Scratch:
         buf = cache.get((dtype, device))
         if buf is None or buf.numel() < numel:
             buf = torch.empty(numel, dtype=dtype, device=device)
-            cache[(dtype, device)] = buf
+            if numel <= _SCRATCH_KEEP:
+                cache[(dtype, device)] = buf
         self.buf, self.used = buf, 0
 
     def take(self, *shape: int) -> Tensor:
@@ -291,6 +294,7 @@ class _Scratch:
 
 
 _SCRATCH_SLOTS = 26  # [T, P, K + 1] buffers the backward takes at most
+_SCRATCH_KEEP = 1 << 25  # elements of the largest scratch buffer kept between calls
 
 
 class _Pairs(NamedTuple):
@@ -397,11 +401,11 @@ class _RowGradSink:
     """
 
     def __init__(self, like: Tensor):
-        self.like, self.grad = like, None
+        self.shape, self.grad = like.shape, None
 
     def add(self, ids: Tensor, rows: Tensor, width: int) -> None:
         if self.grad is None:
-            self.grad = torch.zeros(self.like.shape, dtype=rows.dtype, device=rows.device)
+            self.grad = torch.zeros(self.shape, dtype=rows.dtype, device=rows.device)
         self.grad.index_add_(0, ids.reshape(-1), rows.reshape(-1, width))
 
     def take(self) -> Tensor | None:
@@ -450,8 +454,8 @@ class _Composite2DGS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pix: Tensor, valid: Tensor, ids: Tensor, packed: Tensor, sink: _RowGradSink, half_filter: float,
                 distloss: bool, intersection: bool, near_plane: float) -> Tensor:  # fmt: skip
-        g = packed[ids]  # [T, K, 14 + F]
         n_t, n_k = valid.shape
+        g = torch.index_select(packed, 0, ids.reshape(-1)).view(n_t, n_k, -1)  # [T, K, 14 + F]; 4x packed[ids]
         scratch = _Scratch(_SCRATCH_SLOTS * n_t * pix.shape[1] * (n_k + 1), g.dtype, g.device)
         p = _pair_terms(pix, valid, g, half_filter, intersection, near_plane, scratch)
         w, z = p.w, p.z
