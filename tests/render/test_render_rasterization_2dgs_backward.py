@@ -106,11 +106,12 @@ def test_edge_on_scene_is_seen_edge_on():
     assert seen.sum() >= 10 and cos[seen].max() < 0.35 and cos[seen].median() < 0.2
 
 
-@pytest.mark.parametrize("render_mode", ["RGB", "RGB+D"])
-def test_hand_backward_matches_autograd_float32(monkeypatch, render_mode):
+@pytest.mark.parametrize("render_mode,chunk_pairs", [("RGB", 1500), ("RGB+D", 1 << 18)])
+def test_hand_backward_matches_autograd_float32(monkeypatch, render_mode, chunk_pairs):
+    """Float32, one chunk or many (1500 pairs also splits deep tiles into groups of pixels)."""
     args, W, H = _scene("plain", seed=5, dtype=torch.float32)
     _assert_parity(monkeypatch, args, W, H, 2e-4, render_mode=render_mode, distloss=True,
-                   surfel_depth="intersection", depth_mode="expected", chunk_pairs=1500)  # fmt: skip
+                   surfel_depth="intersection", depth_mode="expected", chunk_pairs=chunk_pairs)  # fmt: skip
 
 
 def test_hand_backward_gradcheck_centre_depth():
@@ -138,7 +139,7 @@ def test_second_backward_through_the_same_graph_gives_the_same_gradients():
     args, W, H = _scene("plain", seed=4, dtype=torch.float32)
     params = [a.clone().requires_grad_() for a in args[:5]]
     out = r2.rasterization_2dgs(*params, *args[5:], W, H, render_mode="RGB+ED", distloss=True,
-                                surfel_depth="intersection", chunk_pairs=2000)  # fmt: skip
+                                surfel_depth="intersection", chunk_pairs=5000)  # fmt: skip
     loss = out[0].sum() + out[4].sum() + out[5].sum()
     first = torch.autograd.grad(loss, params, retain_graph=True)
     second = torch.autograd.grad(loss, params)
