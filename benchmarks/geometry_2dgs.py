@@ -16,11 +16,14 @@ Depth is what :func:`scenezip.splatting.geometry.render_depth_normals` renders b
 depth for every method (the same estimator; surfels contribute their ray-plane intersection depth, the
 torch rasterizer's default since the centre depth of gsplat's kernels was found to make a staircase).
 The surfels' median depth (the 2DGS paper's choice for object scenes) is reported beside it: its depth
-error and the Chamfer distance of a mesh fused from it. Normals are
-compared signed: rendered normals face the camera, as the scene's true normals do. Writes ``benchmarks/results/geometry_2dgs.json``
-(``{"protocol", "rows"}``, DESIGN.md) and ``geometry_2dgs.md``.
+error and the Chamfer distance of a mesh fused from it. Normals are compared signed: rendered normals
+face the camera, as the scene's true normals do. Writes ``--out`` (``benchmarks/results/geometry_2dgs.json``
+by default; ``{"protocol", "rows"}``, DESIGN.md) and the markdown beside it.
 
-    OMP_NUM_THREADS=1 python3 benchmarks/geometry_2dgs.py --size 48 --steps 300
+    OMP_NUM_THREADS=1 python3 benchmarks/geometry_2dgs.py --size 48 --steps 1000 --out benchmarks/results/geometry_2dgs_1000.json
+
+About 10 minutes a method on one CPU thread; ``--methods`` runs a subset, keeping the other rows of the
+same protocol, so methods can run in parallel processes.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=48, help="image width and height of the procedural views")
     ap.add_argument("--train", type=int, default=12, help="training views")
     ap.add_argument("--test", type=int, default=3, help="test views")
-    ap.add_argument("--steps", type=int, default=300, help="training steps of both methods")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of every method")
     ap.add_argument("--random-points", type=int, default=2000, help="initial random points in the scene bounds")
     ap.add_argument("--max-gaussians", type=int, default=6000, help="densification cap")
     ap.add_argument("--dist-lambda", type=float, default=None, help="2dgs distortion weight (default: the config's)")

@@ -10,8 +10,9 @@ Run (CPU, reduced protocol; state it with every figure)::
 
     OMP_NUM_THREADS=1 python3 benchmarks/rd_gaussians.py --scenes lego --downscale 4 --steps 2000
 
-Writes ``benchmarks/results/rd_gaussians.{json,md,png}``. ``--methods`` selects rows; rows of a previous
-run for other (scene, method) pairs are kept, so methods can be (re)run one at a time.
+Writes ``benchmarks/results/rd_gaussians.{json,md,png}``; the markdown ends with
+``rd_gaussians.notes.md`` (hand-written notes on the rows) when that file exists. ``--methods`` selects rows;
+rows of a previous run for other (scene, method) pairs are kept, so methods can be (re)run one at a time.
 """
 
 from __future__ import annotations
@@ -132,6 +133,30 @@ def plot(rows: list[dict], path: Path) -> None:
     img.save(path)
 
 
+def write_report(name: str, out: dict) -> None:
+    """``RESULTS/<name>.md`` and ``.png`` from the results ``out``, ending with ``<name>.notes.md`` if present."""
+    protocol, rows = out["protocol"], out["rows"]
+    md = [f"# {name}", "", "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()), "",
+          "| scene | method | resolution | steps | size (bytes) | vs 3dgs | PSNR | SSIM | LPIPS | primitives | train s |",
+          "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        base = next((b for b in rows if b["scene"] == r["scene"] and b["method"] == "3dgs"), None)
+        ratio = f"{base['size_bytes'] / r['size_bytes']:.1f}x" if base else "-"
+        lp = f"{r['lpips']:.4f}" if r.get("lpips") is not None else "n/a"
+        md.append(f"| {r['scene']} | {r['method']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['steps']} | "
+                  f"{r['size_bytes']:,} | {ratio} | {r['psnr']:.2f} | {r['ssim']:.4f} | {lp} | {r['n_primitives']:,} | "
+                  f"{r['train_s']:.0f} |")  # fmt: skip
+    for r in rows:
+        if r["method"] == "c3dgs-posthoc" and r.get("ply_bytes"):
+            md.append(f"\n{r['scene']}: the 3dgs PLY export is {r['ply_bytes']:,} bytes; `scenezip compress` of it "
+                      f"(+{r['finetune_steps']} fine-tuning steps) is {r['ply_bytes'] / r['size_bytes']:.1f}x smaller.")  # fmt: skip
+    notes = RESULTS / f"{name}.notes.md"  # hand-written notes on the rows, kept across reruns
+    if notes.is_file():
+        md += ["", notes.read_text().rstrip()]
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    plot(rows, RESULTS / f"{name}.png")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", nargs="+", default=["lego"], help="folders of ../shared/data")
@@ -147,13 +172,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-lpips", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--work", type=Path, default=Path("/tmp/scenezip_rd_gaussians"))
-    p.add_argument("--name", default="rd_gaussians")
+    p.add_argument("--name", default="rd_gaussians", help="results file stem under benchmarks/results")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: rewrite <name>.md and .png from <name>.json (after editing the notes)")
     args = p.parse_args(argv)
+    json_path = RESULTS / f"{args.name}.json"
+    if args.report:
+        if not json_path.is_file():
+            raise SystemExit(f"{json_path}: not found (run the benchmark first)")
+        out = json.loads(json_path.read_text())
+        write_report(args.name, out)
+        return out
 
     from scenezip.scenes.loader import load_dataset
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{args.name}.json"
     rows: list[dict] = []
     for scene in args.scenes:
         root = DATA / scene
@@ -180,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [r for r in old.get("rows", []) if (r["scene"], r["method"]) not in mine] + rows
     rows.sort(key=lambda r: (r["scene"], METHODS.index(r["method"])))
     protocol = {
-        "data": "../shared/data (lego: NeRF-Synthetic at half resolution, 400 px, white background)",
+        "data": "../shared/data (see its README: lego is NeRF-Synthetic at half resolution, white background)",
         "downscale": args.downscale, "steps": args.steps, "posthoc_finetune_steps": args.posthoc_steps,
         "max_gaussians": args.max_gaussians, "random_points": args.random_points,
         "split": f"test, {args.test_views} evenly spaced views", "metrics": "of the decoded .scz file, torch rasterizer",
@@ -190,22 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     }  # fmt: skip
     out = {"protocol": protocol, "rows": rows}
     json_path.write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"# {args.name}", "", "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()), "",
-          "| scene | method | resolution | steps | size (bytes) | vs 3dgs | PSNR | SSIM | LPIPS | primitives | train s |",
-          "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        base = next((b for b in rows if b["scene"] == r["scene"] and b["method"] == "3dgs"), None)
-        ratio = f"{base['size_bytes'] / r['size_bytes']:.1f}x" if base else "-"
-        lp = f"{r['lpips']:.4f}" if r.get("lpips") is not None else "n/a"
-        md.append(f"| {r['scene']} | {r['method']} | {r['resolution'][0]}x{r['resolution'][1]} | {r['steps']} | "
-                  f"{r['size_bytes']:,} | {ratio} | {r['psnr']:.2f} | {r['ssim']:.4f} | {lp} | {r['n_primitives']:,} | "
-                  f"{r['train_s']:.0f} |")  # fmt: skip
-    for r in rows:
-        if r["method"] == "c3dgs-posthoc" and r.get("ply_bytes"):
-            md.append(f"\n{r['scene']}: the 3dgs PLY export is {r['ply_bytes']:,} bytes; `scenezip compress` of it "
-                      f"(+{r['finetune_steps']} fine-tuning steps) is {r['ply_bytes'] / r['size_bytes']:.1f}x smaller.")  # fmt: skip
-    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    plot(rows, RESULTS / f"{args.name}.png")
+    write_report(args.name, out)
     return out
 
 
