@@ -31,6 +31,9 @@ class CompressArgs:
     """Steps fitting the hash-grid colour field to a 3dgs model's SH colours."""
     prune_opacity: float = 0.005
     """Drop Gaussians of a 3dgs model with opacity below this before converting."""
+    prune_weight: float = 0.0
+    """With --data: also drop the Gaussians of a 3dgs model that contribute least to the training views, as many
+    as together hold at most this fraction of all blend weight (splatting/importance.py); 0 keeps them."""
     color_log2_hashmap_size: Optional[int] = None
     """log2 entries per level of the colour field (None: grows with the Gaussian count, 2^10..2^19)."""
     color_dc: bool = True
@@ -73,6 +76,20 @@ def _stored_scene_meta(source: Path) -> dict:
     return {}
 
 
+def _prune_by_weight(model, ds, args: CompressArgs):
+    """``model`` without its least-contributing Gaussians (``--prune-weight`` of the training views' weight)."""
+    from scenezip.splatting.gaussians import GaussianModel
+    from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
+
+    cams = [ds.cameras[int(i)] for i in ds.indices("train")]
+    w = gaussian_blend_weights(model, cams, backend=args.backend, progress=args.progress)
+    keep = weight_budget_keep(w, args.prune_weight)
+    print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
+          f"of the training views' blend weight")  # fmt: skip
+    s = model.splats
+    return GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+
+
 def compress_scene(args: CompressArgs) -> dict:
     """Do the work of ``scenezip compress``; returns a report (counts, sizes, distillation error)."""
     import tempfile
@@ -86,6 +103,10 @@ def compress_scene(args: CompressArgs) -> dict:
 
     if args.out.suffix.lower() != ".scz":
         raise ScenezipError(f"{args.out}: the output must be a .scz file")
+    if not 0.0 <= args.prune_weight < 1.0:
+        raise ScenezipError(f"--prune-weight must be in [0, 1), got {args.prune_weight}")
+    if args.prune_weight > 0 and args.data is None:
+        raise ScenezipError("--prune-weight needs --data (the training views the weights are measured on)")
     model = load_trained(args.source)
     meta = _stored_scene_meta(args.source)
     report: dict = {"source": str(args.source)}
@@ -100,6 +121,9 @@ def compress_scene(args: CompressArgs) -> dict:
         if args.source.is_file() and args.source.suffix.lower() == ".ply":
             in_bytes = args.source.stat().st_size
         report.update(n_input=len(model), input_bytes=in_bytes)
+        if args.prune_weight > 0:
+            model = _prune_by_weight(model, ds, args)
+            report["n_after_weight_prune"] = len(model)
         cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
                                          args.rvq_codebook_size, args.seed, args.progress,

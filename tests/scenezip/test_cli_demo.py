@@ -59,6 +59,23 @@ def test_compress_a_3dgs_run_and_eval_it(demo, tmp_path):
     assert r["psnr"] > base["psnr"] - 3.0
 
 
+def test_compress_prunes_by_blend_weight(demo, tmp_path):
+    out, _ = demo
+    dst = tmp_path / "pruned.scz"
+    res = run("compress", str(out / "3dgs"), "-o", str(dst), "--data", str(out / "data"), "--prune-weight", "0.05",
+              "--distill-steps", "60", "--no-progress")  # fmt: skip
+    line = next(x for x in res.stdout.splitlines() if x.startswith("pruned "))
+    n_pruned, n_in = (int(v.replace(",", "")) for v in line.split()[1:4:2])
+    share = float(line.split("holding ")[1].split("%")[0])
+    assert 0 < n_pruned < n_in and share <= 5.0
+    from scenezip.scenes.scz import read_scz
+
+    assert read_scz(dst).metadata["n_gaussians"] <= n_in - n_pruned
+    res = run("compress", str(out / "3dgs"), "-o", str(tmp_path / "y.scz"), "--prune-weight", "0.05", ok=False)
+    assert res.returncode == 2 and "--prune-weight needs --data" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "y.scz").exists()
+
+
 def test_compress_rejects_bad_inputs(demo, tmp_path):
     out, _ = demo
     res = run("compress", str(tmp_path / "missing"), "-o", str(tmp_path / "x.scz"), ok=False)
