@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scene", default="lego", help="the capture it was trained on: a folder of ../shared/data, or a path")
     ap.add_argument("--downscale", type=int, default=4)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.0, 0.002, 0.005, 0.01, 0.02, 0.04])
+    ap.add_argument("--rvq-stages", type=int, default=6, help="scale R-VQ stages (scenezip compress --rvq-stages)")
     ap.add_argument("--test-views", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from scenezip.scene import scene_metadata
     from scenezip.scenes.loader import load_dataset
-    from scenezip.scenes.scz import write_scz
+    from scenezip.scenes.scz import read_scz, write_scz
     from scenezip.splatting.compress import auto_color_config, gaussians_to_c3dgs, load_trained
     from scenezip.splatting.gaussians import GaussianModel
     from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
@@ -84,16 +85,21 @@ def main(argv: list[str] | None = None) -> dict:
         pruned = GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
         float_scores = scores(pruned, ds, test)
         t1 = time.perf_counter()
-        c3, conv = gaussians_to_c3dgs(pruned, auto_color_config(len(pruned)), seed=args.seed, progress=False)
+        c3, conv = gaussians_to_c3dgs(pruned, auto_color_config(len(pruned)), rvq_stages=args.rvq_stages,
+                                        rot_stages=4, seed=args.seed, progress=False)  # fmt: skip
         meta, streams = c3.to_streams()
         with tempfile.TemporaryDirectory() as tmp:
             scz = Path(tmp) / "s.scz"
             write_scz(scz, "c3dgs", {**scene_metadata(ds), **meta}, streams)
             ev = evaluate_file(scz, ds, test, lpips_on=False)
+            groups: dict[str, int] = {}  # bytes by stream family (scale_indices_0.. -> scale_indices)
+            for rec in read_scz(scz).streams.values():
+                key = "hash" if rec.name.startswith("hash") else rec.name.rstrip("0123456789").rstrip("_")
+                groups[key] = groups.get(key, 0) + rec.nbytes
         rows.append({"budget": b, "n_input": len(model), "n_kept": int(keep.sum()), "n_coded": ev["n_primitives"],
                      "weight_dropped": float(w[~keep].sum() / w.sum()), "float_psnr": float_scores["psnr"],
                      "float_ssim": float_scores["ssim"], "psnr": ev["psnr"], "ssim": ev["ssim"],
-                     "size_bytes": ev["size_bytes"], "convert_s": time.perf_counter() - t1})  # fmt: skip
+                     "size_bytes": ev["size_bytes"], "stream_bytes": groups, "convert_s": time.perf_counter() - t1})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     protocol = {
         "command": "OMP_NUM_THREADS=1 python3 benchmarks/prune_weight.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -102,11 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
         "weights": f"summed blend weights over the {len(ds.indices('train'))} training views ({weights_s:.0f} s)",
         "test": f"{len(test)} evenly spaced test views; float = the pruned 3dgs model, psnr = the decoded .scz",
-        "compress": "scenezip compress defaults, no fine-tuning",
+        "compress": f"scenezip compress defaults (--rvq-stages {args.rvq_stages}), no fine-tuning",
     }  # fmt: skip
     out = {"protocol": protocol, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"prune_weight_{root.name}.json"
+    stem = f"prune_weight_{root.name}" + ("" if args.rvq_stages == 6 else f"_rvq{args.rvq_stages}")
+    path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# prune_weight on {args.scene}", "", f"`{protocol['command']}` on {protocol['date']} ({protocol['machine']}); "
           f"{protocol['resolution'][0]}x{protocol['resolution'][1]} px; weights: {protocol['weights']}; "
