@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--downscale", type=int, default=4)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.0, 0.002, 0.005, 0.01, 0.02, 0.04])
     ap.add_argument("--rvq-stages", type=int, default=6, help="scale R-VQ stages (scenezip compress --rvq-stages)")
+    ap.add_argument("--rot-stages", type=int, default=4, help="rotation R-VQ stages (scenezip compress --rot-stages)")
+    ap.add_argument("--no-views", action="store_true", help="distil uniformly (scenezip compress --no-distill-from-views)")
     ap.add_argument("--test-views", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not isinstance(model, GaussianModel):
         raise SystemExit(f"{args.source}: not a 3dgs model")
     t0 = time.perf_counter()
-    w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in ds.indices("train")], backend="torch", progress=True)
+    train = ds.indices("train")
+    w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in train], backend="torch", progress=True)
+    origins = ds.cameras.centers[torch.as_tensor(train)].float()
     weights_s = time.perf_counter() - t0
     rows = []
     for b in args.budgets:
@@ -85,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
         pruned = GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
         float_scores = scores(pruned, ds, test)
         t1 = time.perf_counter()
+        guide = {} if args.no_views else {"gaussian_weights": w[keep].float(), "view_origins": origins}
         c3, conv = gaussians_to_c3dgs(pruned, auto_color_config(len(pruned)), rvq_stages=args.rvq_stages,
-                                        rot_stages=4, seed=args.seed, progress=False)  # fmt: skip
+                                      rot_stages=args.rot_stages, seed=args.seed, progress=False, **guide)  # fmt: skip
         meta, streams = c3.to_streams()
         with tempfile.TemporaryDirectory() as tmp:
             scz = Path(tmp) / "s.scz"
@@ -108,11 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
         "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
         "weights": f"summed blend weights over the {len(ds.indices('train'))} training views ({weights_s:.0f} s)",
         "test": f"{len(test)} evenly spaced test views; float = the pruned 3dgs model, psnr = the decoded .scz",
-        "compress": f"scenezip compress defaults (--rvq-stages {args.rvq_stages}), no fine-tuning",
+        "compress": f"scenezip compress --rvq-stages {args.rvq_stages} --rot-stages {args.rot_stages}"
+                    f"{' --no-distill-from-views' if args.no_views else ''}, no fine-tuning",
     }  # fmt: skip
     out = {"protocol": protocol, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"prune_weight_{root.name}" + ("" if args.rvq_stages == 6 else f"_rvq{args.rvq_stages}")
+    stem = f"prune_weight_{root.name}_s{args.rvq_stages}r{args.rot_stages}" + ("_uniform" if args.no_views else "")
     path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# prune_weight on {args.scene}", "", f"`{protocol['command']}` on {protocol['date']} ({protocol['machine']}); "

@@ -34,6 +34,9 @@ class CompressArgs:
     prune_weight: float = 0.0
     """With --data: also drop the Gaussians of a 3dgs model that contribute least to the training views, as many
     as together hold at most this fraction of all blend weight (splatting/importance.py); 0 keeps them."""
+    distill_from_views: bool = True
+    """With --data: draw the colour distillation's samples as the training views see the scene (directions from
+    the training cameras, Gaussians in proportion to their blend weight) instead of uniformly."""
     color_log2_hashmap_size: Optional[int] = None
     """log2 entries per level of the colour field (None: grows with the Gaussian count, 2^10..2^19)."""
     color_dc: bool = True
@@ -76,18 +79,29 @@ def _stored_scene_meta(source: Path) -> dict:
     return {}
 
 
-def _prune_by_weight(model, ds, args: CompressArgs):
-    """``model`` without its least-contributing Gaussians (``--prune-weight`` of the training views' weight)."""
+def _view_guidance(model, ds, args: CompressArgs) -> tuple:
+    """``(model, weights, origins)`` for a 3dgs ``model`` and the capture ``ds``: the model without its
+    least-contributing Gaussians (``--prune-weight``), their blend weights in the training views and the
+    training camera centres (None where not asked for)."""
+    import torch
+
     from scenezip.splatting.gaussians import GaussianModel
     from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
 
-    cams = [ds.cameras[int(i)] for i in ds.indices("train")]
-    w = gaussian_blend_weights(model, cams, backend=args.backend, progress=args.progress)
-    keep = weight_budget_keep(w, args.prune_weight)
-    print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
-          f"of the training views' blend weight")  # fmt: skip
-    s = model.splats
-    return GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+    if ds is None or not (args.prune_weight > 0 or args.distill_from_views):
+        return model, None, None
+    train = ds.indices("train")
+    w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in train], backend=args.backend, progress=args.progress)
+    if args.prune_weight > 0:
+        keep = weight_budget_keep(w, args.prune_weight)
+        print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
+              f"of the training views' blend weight")  # fmt: skip
+        s = model.splats
+        model = GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+        w = w[keep]
+    if not args.distill_from_views:
+        return model, None, None
+    return model, w.float(), ds.cameras.centers[torch.as_tensor(train)].float()
 
 
 def compress_scene(args: CompressArgs) -> dict:
@@ -121,14 +135,15 @@ def compress_scene(args: CompressArgs) -> dict:
         if args.source.is_file() and args.source.suffix.lower() == ".ply":
             in_bytes = args.source.stat().st_size
         report.update(n_input=len(model), input_bytes=in_bytes)
+        model, weights, origins = _view_guidance(model, ds, args)
         if args.prune_weight > 0:
-            model = _prune_by_weight(model, ds, args)
             report["n_after_weight_prune"] = len(model)
         cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,
                                          args.rvq_codebook_size, args.seed, args.progress,
                                          hash_rate_lambda=args.hash_rate_lambda, color_dc=args.color_dc,
-                                         rot_stages=args.rot_stages)  # fmt: skip
+                                         rot_stages=args.rot_stages, gaussian_weights=weights,
+                                         view_origins=origins)  # fmt: skip
         report.update(conv)
         print(f"converted {report['n_input']:,} Gaussians ({conv['n_kept']:,} above the opacity floor); colour "
               f"field distilled from SH with RMS error {conv['distill_rms']:.4f}")  # fmt: skip

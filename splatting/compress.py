@@ -123,12 +123,19 @@ def distill_color_field(
     seed: int = 0,
     progress: bool = True,
     rate_lambda: float = 0.0,
+    gaussian_weights: torch.Tensor | None = None,
+    view_origins: torch.Tensor | None = None,
 ) -> float:
     """Fit ``model.color_field`` to the SH colours of ``source`` (same Gaussians, same order); with a hash
     codec on ``model``, through it, plus ``rate_lambda`` times its rate term.
 
-    Returns the RMS colour error (0..1 units) on 4096 held-out random (Gaussian, direction) pairs, with
-    the table as the file will hold it."""
+    Pairs (Gaussian, view direction) are drawn at random: Gaussians uniformly, or in proportion to
+    ``gaussian_weights`` ``[N]`` (e.g. their blend weights in the training views, so the field spends its
+    capacity where the images need it); directions uniformly on the sphere, or from one of
+    ``view_origins`` ``[V, 3]`` (camera centres) to the Gaussian, the directions it is seen from.
+
+    Returns the RMS colour error (0..1 units) on 4096 held-out pairs drawn the same way, with the table as
+    the file will hold it."""
     from tqdm.auto import tqdm
 
     if len(model) != len(source):
@@ -144,10 +151,25 @@ def distill_color_field(
     def colors(idx: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return model.colors(d, idx)
 
+    probs = None
+    if gaussian_weights is not None:
+        if gaussian_weights.shape != (n,):
+            raise ValueError(f"gaussian_weights must have shape [{n}], got {tuple(gaussian_weights.shape)}")
+        probs = gaussian_weights.detach().double().clamp_min(0).cpu()
+        probs = probs / probs.sum() if float(probs.sum()) > 0 else None
+    origins = None if view_origins is None else view_origins.detach().float().cpu().reshape(-1, 3)
+    means = source.splats["means"].detach().float().cpu()
+
     def pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, n, (k,), generator=gen).to(dev)
-        d = torch.nn.functional.normalize(torch.randn(k, 3, generator=gen), dim=-1).to(dev)
-        return idx, d
+        if probs is None:
+            idx = torch.randint(0, n, (k,), generator=gen)
+        else:
+            idx = torch.multinomial(probs, k, replacement=True, generator=gen)
+        if origins is None or origins.shape[0] == 0:
+            d = torch.randn(k, 3, generator=gen)
+        else:
+            d = means[idx] - origins[torch.randint(0, origins.shape[0], (k,), generator=gen)]
+        return idx.to(dev), torch.nn.functional.normalize(d, dim=-1).to(dev)
 
     for step in tqdm(range(steps), desc="distil colour", disable=not progress, dynamic_ncols=True):
         for g in opt.param_groups:
@@ -182,13 +204,16 @@ def gaussians_to_c3dgs(
     hash_rate_lambda: float | None = None,
     color_dc: bool = True,
     rot_stages: int | None = None,
+    gaussian_weights: torch.Tensor | None = None,
+    view_origins: torch.Tensor | None = None,
 ) -> tuple[C3DGSModel, dict[str, Any]]:
     """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
     counts before and after pruning and the distillation RMS error. ``hash_rate_lambda`` weighs the hash
     table's rate term in the distillation (0: no training-time codec; the table is then coded with
     Compact-3DGS' zeroing of small values; None: :data:`DISTILL_RATE_LAMBDA`, or :data:`DISTILL_RATE_LAMBDA_NO_DC`
     without base colours). ``color_dc``: keep each Gaussian's DC colour (R-VQ'd) and distil
-    only the view-dependent rest into the field."""
+    only the view-dependent rest into the field. ``gaussian_weights`` (``[N]``, of ``source``'s Gaussians) and
+    ``view_origins`` steer the distillation's samples (:func:`distill_color_field`)."""
     if not isinstance(source, GaussianModel):
         raise ValueError(f"source must be a GaussianModel, got {type(source).__name__}")
     n0 = len(source)
@@ -203,8 +228,11 @@ def gaussians_to_c3dgs(
     model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
                                       rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size, rot_stages=rot_stages,
                                       backend="auto", seed=seed, hash_codec=codec, color_dc=color_dc)  # fmt: skip
+    if gaussian_weights is not None and tuple(gaussian_weights.shape) != (n0,):
+        raise ValueError(f"gaussian_weights must have shape [{n0}], got {tuple(gaussian_weights.shape)}")
+    weights = None if gaussian_weights is None else gaussian_weights.detach().cpu()[keep.cpu()]
     rms = distill_color_field(model, kept, steps=distill_steps, seed=seed, progress=progress,
-                              rate_lambda=hash_rate_lambda)  # fmt: skip
+                              rate_lambda=hash_rate_lambda, gaussian_weights=weights, view_origins=view_origins)  # fmt: skip
     model.init_rvq()
     model.use_rvq = True
     return model, {"n_input": n0, "n_kept": len(kept), "distill_rms": rms,

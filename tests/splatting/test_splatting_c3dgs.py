@@ -329,6 +329,33 @@ def test_post_hoc_conversion_distils_through_the_hash_codec(tmp_path):
     assert out[1.0][0] < out[0.01][0], out  # a larger rate term, a smaller stored table
 
 
+def test_distillation_samples_where_it_is_told():
+    from scenezip.splatting.compress import _sh_colors, gaussians_to_c3dgs
+
+    gm = _gaussians(150, seed=9)
+    with torch.no_grad():
+        gm.splats["opacities"].fill_(2.0)
+        gm.splats["shN"].copy_(torch.randn(gm.splats["shN"].shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    origin = torch.tensor([[0.3, -0.2, 6.0]])
+    favoured = torch.zeros(150)
+    favoured[:30] = 1.0
+
+    def err(m, idx):  # RMS colour error seen from ``origin`` on the Gaussians ``idx``
+        d = torch.nn.functional.normalize(gm.splats["means"].detach()[idx] - origin, dim=-1)
+        with torch.no_grad():
+            return float(torch.sqrt(torch.mean((m.colors(d, idx) - _sh_colors(gm, idx, d)) ** 2)))
+
+    kw = dict(distill_steps=300, rvq_stages=2, rvq_codebook_size=8, progress=False, hash_rate_lambda=0.0)
+    plain, _ = gaussians_to_c3dgs(gm, CFG, **kw)
+    steered, rep = gaussians_to_c3dgs(gm, CFG, view_origins=origin, gaussian_weights=favoured, **kw)
+    few, rest = torch.arange(30), torch.arange(30, 150)
+    assert err(steered, few) < 0.6 * err(plain, few)
+    assert err(steered, few) < err(steered, rest)  # the unfavoured Gaussians were never sampled
+    assert rep["distill_rms"] == pytest.approx(err(steered, few), rel=0.5)  # held out the same way
+    with pytest.raises(ValueError, match="gaussian_weights"):
+        gaussians_to_c3dgs(gm, CFG, gaussian_weights=torch.ones(7), **kw)
+
+
 # ---------------------------------------------------------------------------------------------- base colour
 CFG_DC = ColorFieldConfig(n_levels=4, log2_hashmap_size=8, base_resolution=4, per_level_scale=2.0, hidden_dim=16,
                           output="sh0")  # fmt: skip
