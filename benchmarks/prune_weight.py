@@ -8,12 +8,14 @@ and of the decoded ``.scz`` file on evenly spaced test views, and the file size.
 
     OMP_NUM_THREADS=1 python3 benchmarks/prune_weight.py /tmp/scenezip_rd_gaussians/lego/3dgs --scene lego
 
-Writes ``benchmarks/results/prune_weight_<scene>.{json,md}``.
+Writes ``benchmarks/results/prune_weight_<scene>.{json,md}``, keeping the rows of other settings measured
+on the same source.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -47,6 +49,23 @@ def scores(model, ds, test_ids) -> dict:
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
 
 
+def write_markdown(path: Path, out: dict) -> None:
+    p, rows = out["protocol"], out["rows"]
+    md = [f"# prune_weight on {p['scene']}", "", f"{p['machine']}; {p['resolution'][0]}x{p['resolution'][1]} px; source "
+          f"{p['source']}; weights: {p['weights']}; test: {p['test']}; compress: {p['compress']}.", "",
+          "| scale / rot stages | guided | hash rate | MLP | budget | weight dropped | Gaussians kept | float PSNR | "
+          "file PSNR | file SSIM | size (bytes) |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        st = r["settings"]
+        md.append(f"| {st['rvq_stages']} / {st['rot_stages']} | {'yes' if st['views'] else 'no'} | "
+                  f"{st['hash_rate_lambda'] or 'default'} | {st['hidden_dim'] or 'auto'} | {r['budget']:g} | "
+                  f"{r['weight_dropped']:.2%} | {r['n_kept']:,} / {r['n_input']:,} | {r['float_psnr']:.2f} | {r['psnr']:.2f} | "
+                  f"{r['ssim']:.4f} | {r['size_bytes']:,} |")  # fmt: skip
+    md += ["", "Commands:", *sorted({f"- `{r['command']}` ({r['date']})" for r in rows})]
+    path.write_text("\n".join(md) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="trained 3dgs run folder, checkpoint or PLY")
@@ -56,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rvq-stages", type=int, default=6, help="scale R-VQ stages (scenezip compress --rvq-stages)")
     ap.add_argument("--rot-stages", type=int, default=4, help="rotation R-VQ stages (scenezip compress --rot-stages)")
     ap.add_argument("--no-views", action="store_true", help="distil uniformly (scenezip compress --no-distill-from-views)")
+    ap.add_argument("--hash-rate-lambda", type=float, default=None, help="scenezip compress --hash-rate-lambda")
+    ap.add_argument("--hidden-dim", type=int, default=None, help="colour MLP width (default: compress's automatic one)")
     ap.add_argument("--test-views", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -90,8 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
         float_scores = scores(pruned, ds, test)
         t1 = time.perf_counter()
         guide = {} if args.no_views else {"gaussian_weights": w[keep].float(), "view_origins": origins}
-        c3, conv = gaussians_to_c3dgs(pruned, auto_color_config(len(pruned)), rvq_stages=args.rvq_stages,
-                                      rot_stages=args.rot_stages, seed=args.seed, progress=False, **guide)  # fmt: skip
+        cfg = auto_color_config(len(pruned))
+        if args.hidden_dim is not None:
+            cfg = dataclasses.replace(cfg, hidden_dim=args.hidden_dim)
+        c3, conv = gaussians_to_c3dgs(pruned, cfg, rvq_stages=args.rvq_stages, rot_stages=args.rot_stages, seed=args.seed,
+                                      progress=False, hash_rate_lambda=args.hash_rate_lambda, **guide)  # fmt: skip
         meta, streams = c3.to_streams()
         with tempfile.TemporaryDirectory() as tmp:
             scz = Path(tmp) / "s.scz"
@@ -106,30 +130,31 @@ def main(argv: list[str] | None = None) -> dict:
                      "float_ssim": float_scores["ssim"], "psnr": ev["psnr"], "ssim": ev["ssim"],
                      "size_bytes": ev["size_bytes"], "stream_bytes": groups, "convert_s": time.perf_counter() - t1})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+    settings = {"rvq_stages": args.rvq_stages, "rot_stages": args.rot_stages, "views": not args.no_views,
+                "hash_rate_lambda": args.hash_rate_lambda, "hidden_dim": args.hidden_dim}  # fmt: skip
+    command = "OMP_NUM_THREADS=1 python3 benchmarks/prune_weight.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    for r in rows:
+        r.update(settings=settings, command=command, date=date.today().isoformat())
     protocol = {
-        "command": "OMP_NUM_THREADS=1 python3 benchmarks/prune_weight.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": date.today().isoformat(), "machine": f"{platform.machine()} CPU, torch {torch.__version__}, 1 thread",
-        "scene": args.scene, "downscale": args.downscale, "source": str(args.source),
+        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, 1 thread",
+        "scene": root.name, "downscale": args.downscale, "source": str(args.source),
         "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
         "weights": f"summed blend weights over the {len(ds.indices('train'))} training views ({weights_s:.0f} s)",
-        "test": f"{len(test)} evenly spaced test views; float = the pruned 3dgs model, psnr = the decoded .scz",
-        "compress": f"scenezip compress --rvq-stages {args.rvq_stages} --rot-stages {args.rot_stages}"
-                    f"{' --no-distill-from-views' if args.no_views else ''}, no fine-tuning",
+        "test": f"{len(test)} evenly spaced test views; float = the pruned 3dgs model, file = the decoded .scz",
+        "compress": "as scenezip compress with --data, no fine-tuning; per row: scale and rotation R-VQ stages, "
+                    "distillation guided by the training views or uniform, hash rate weight (None: the default), "
+                    "colour MLP width (None: automatic)",
     }  # fmt: skip
-    out = {"protocol": protocol, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"prune_weight_{root.name}_s{args.rvq_stages}r{args.rot_stages}" + ("_uniform" if args.no_views else "")
-    path = RESULTS / f"{stem}.json"
+    path = RESULTS / f"prune_weight_{root.name}.json"
+    if path.is_file():  # keep the rows of other settings measured on the same source
+        old = json.loads(path.read_text())
+        if old.get("protocol", {}).get("source") == protocol["source"]:
+            mine = {(r["budget"], json.dumps(r["settings"], sort_keys=True)) for r in rows}
+            rows = [r for r in old["rows"] if (r["budget"], json.dumps(r["settings"], sort_keys=True)) not in mine] + rows
+    out = {"protocol": protocol, "rows": rows}
     path.write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"# prune_weight on {args.scene}", "", f"`{protocol['command']}` on {protocol['date']} ({protocol['machine']}); "
-          f"{protocol['resolution'][0]}x{protocol['resolution'][1]} px; weights: {protocol['weights']}; "
-          f"test: {protocol['test']}; compress: {protocol['compress']}.", "",
-          "| budget | weight dropped | Gaussians kept | float PSNR | file PSNR | file SSIM | size (bytes) |",
-          "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        md.append(f"| {r['budget']:g} | {r['weight_dropped']:.2%} | {r['n_kept']:,} / {r['n_input']:,} | "
-                  f"{r['float_psnr']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['size_bytes']:,} |")  # fmt: skip
-    path.with_suffix(".md").write_text("\n".join(md) + "\n")
+    write_markdown(path.with_suffix(".md"), out)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return out
 

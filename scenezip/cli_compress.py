@@ -10,6 +10,11 @@ import tyro
 
 from scenezip.errors import ScenezipError
 
+# Share of the training views' blend weight whose Gaussians --prune-weight drops by default with --data. On lego
+# (100 px, a 40k-Gaussian 3dgs run at 30.82 dB, guided distillation, 3 + 3 R-VQ stages): 0.005 -> 355 kB at 30.56 dB,
+# 0.02 -> 312 kB at 30.47 dB (benchmarks/results/prune_weight_lego.md).
+DEFAULT_PRUNE_WEIGHT = 0.005
+
 
 @dataclass
 class CompressArgs:
@@ -31,9 +36,10 @@ class CompressArgs:
     """Steps fitting the hash-grid colour field to a 3dgs model's SH colours."""
     prune_opacity: float = 0.005
     """Drop Gaussians of a 3dgs model with opacity below this before converting."""
-    prune_weight: float = 0.0
-    """With --data: also drop the Gaussians of a 3dgs model that contribute least to the training views, as many
-    as together hold at most this fraction of all blend weight (splatting/importance.py); 0 keeps them."""
+    prune_weight: Optional[float] = None
+    """Drop the Gaussians of a 3dgs model that contribute least to the training views of --data, as many as together
+    hold at most this fraction of all blend weight (splatting/importance.py); 0 keeps them. None: 0.005 with --data
+    (lego, 100 px: 40k -> 31k Gaussians, the float model 30.82 -> 30.81 dB), 0 without."""
     distill_from_views: bool = True
     """With --data: draw the colour distillation's samples as the training views see the scene (directions from
     the training cameras, Gaussians in proportion to their blend weight) instead of uniformly."""
@@ -42,16 +48,18 @@ class CompressArgs:
     color_dc: bool = True
     """Keep each Gaussian's DC colour (R-VQ'd, 3 stages) as a base colour and distil only the view-dependent rest
     into the colour field; off: the field learns all colour (Compact-3DGS)."""
-    rvq_stages: int = 6
-    """R-VQ stages for scale (and rotation, unless --rot-stages)."""
-    rot_stages: Optional[int] = 4
-    """R-VQ stages for rotation (None: --rvq-stages); on lego 4 stages decode like 6 (-0.0015 dB)."""
+    rvq_stages: int = 3
+    """R-VQ stages for scale (and rotation, unless --rot-stages). On lego (100 px, scales alone quantized): 6 stages
+    31.7 bits a Gaussian, 3 stages 16.4 bits for -0.011 dB."""
+    rot_stages: Optional[int] = 3
+    """R-VQ stages for rotation (None: --rvq-stages). On lego: 4 stages 21.4 bits a Gaussian, 3 stages 16.2 bits for
+    -0.008 dB more."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
     hash_rate_lambda: Optional[float] = None
     """Weight of the colour field's hash-table bits (per parameter) against the colour error while distilling a
-    3dgs model; larger gives a smaller file, 0 trains the table without its codec; None: 1e-4 with --color-dc,
-    3e-3 without."""
+    3dgs model; larger gives a smaller file, 0 trains the table without its codec; None: with --color-dc 2e-4 when
+    the distillation is guided by --data's views, else 1e-4; 3e-3 without --color-dc."""
     finetune_hash_rate_lambda: float = 0.0
     """Weight of the hash table's bits in the fine-tuning loss (with --data). The distillation already set the
     table's rate; the training default 3e-2 shrank the lego table and ended 0.3 dB below no fine-tuning."""
@@ -79,21 +87,21 @@ def _stored_scene_meta(source: Path) -> dict:
     return {}
 
 
-def _view_guidance(model, ds, args: CompressArgs) -> tuple:
+def _view_guidance(model, ds, prune_weight: float, args: CompressArgs) -> tuple:
     """``(model, weights, origins)`` for a 3dgs ``model`` and the capture ``ds``: the model without its
-    least-contributing Gaussians (``--prune-weight``), their blend weights in the training views and the
+    least-contributing Gaussians (``prune_weight``), their blend weights in the training views and the
     training camera centres (None where not asked for)."""
     import torch
 
     from scenezip.splatting.gaussians import GaussianModel
     from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
 
-    if ds is None or not (args.prune_weight > 0 or args.distill_from_views):
+    if ds is None or not (prune_weight > 0 or args.distill_from_views):
         return model, None, None
     train = ds.indices("train")
     w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in train], backend=args.backend, progress=args.progress)
-    if args.prune_weight > 0:
-        keep = weight_budget_keep(w, args.prune_weight)
+    if prune_weight > 0:
+        keep = weight_budget_keep(w, prune_weight)
         print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
               f"of the training views' blend weight")  # fmt: skip
         s = model.splats
@@ -117,10 +125,11 @@ def compress_scene(args: CompressArgs) -> dict:
 
     if args.out.suffix.lower() != ".scz":
         raise ScenezipError(f"{args.out}: the output must be a .scz file")
-    if not 0.0 <= args.prune_weight < 1.0:
+    if args.prune_weight is not None and not 0.0 <= args.prune_weight < 1.0:
         raise ScenezipError(f"--prune-weight must be in [0, 1), got {args.prune_weight}")
-    if args.prune_weight > 0 and args.data is None:
+    if args.prune_weight and args.data is None:
         raise ScenezipError("--prune-weight needs --data (the training views the weights are measured on)")
+    prune_weight = args.prune_weight if args.prune_weight is not None else DEFAULT_PRUNE_WEIGHT if args.data else 0.0
     model = load_trained(args.source)
     meta = _stored_scene_meta(args.source)
     report: dict = {"source": str(args.source)}
@@ -135,8 +144,8 @@ def compress_scene(args: CompressArgs) -> dict:
         if args.source.is_file() and args.source.suffix.lower() == ".ply":
             in_bytes = args.source.stat().st_size
         report.update(n_input=len(model), input_bytes=in_bytes)
-        model, weights, origins = _view_guidance(model, ds, args)
-        if args.prune_weight > 0:
+        model, weights, origins = _view_guidance(model, ds, prune_weight, args)
+        if prune_weight > 0:
             report["n_after_weight_prune"] = len(model)
         cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
         model, conv = gaussians_to_c3dgs(model, cfg, args.prune_opacity, args.distill_steps, args.rvq_stages,

@@ -48,6 +48,15 @@ from scenezip.splatting.gaussians import GaussianModel
 # 1e-4 -> 30.29 dB in 623 kB (a 44 kB table). The field alone (no base colours) needs the stronger 3e-3.
 DISTILL_RATE_LAMBDA = 1e-4
 DISTILL_RATE_LAMBDA_NO_DC = 3e-3
+# With samples guided by the training views (blend weights, camera directions) the same weight keeps a larger
+# table (lego, the 40k-Gaussian run at 30.82 dB, 3 + 3 R-VQ stages, 2% of the blend weight pruned: 1e-4 -> 383 kB at
+# 30.54 dB, 2e-4 -> 312 kB at 30.47 dB); 2e-4 is the better trade there (benchmarks/results/prune_weight_lego.md).
+DISTILL_RATE_LAMBDA_GUIDED = 2e-4
+# R-VQ stages of scale and rotation for a conversion. On the same lego run, each attribute alone quantized in the
+# float 3dgs model: scale 6 stages 31.7 bits a Gaussian (-0.000 dB), 4: 21.7 (-0.002), 3: 16.4 (-0.011), 2: 11.2
+# (-0.082); rotation 4 stages 21.4 bits (-0.005 dB), 3: 16.2 (-0.013), 2: 10.9 (-0.062).
+CONVERT_SCALE_STAGES = 3
+CONVERT_ROT_STAGES = 3
 
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -197,20 +206,21 @@ def gaussians_to_c3dgs(
     color_config: ColorFieldConfig | None = None,
     prune_opacity: float = 0.005,
     distill_steps: int = 1000,
-    rvq_stages: int = 6,
+    rvq_stages: int = CONVERT_SCALE_STAGES,
     rvq_codebook_size: int = 64,
     seed: int = 0,
     progress: bool = True,
     hash_rate_lambda: float | None = None,
     color_dc: bool = True,
-    rot_stages: int | None = None,
+    rot_stages: int | None = CONVERT_ROT_STAGES,
     gaussian_weights: torch.Tensor | None = None,
     view_origins: torch.Tensor | None = None,
 ) -> tuple[C3DGSModel, dict[str, Any]]:
     """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
     counts before and after pruning and the distillation RMS error. ``hash_rate_lambda`` weighs the hash
     table's rate term in the distillation (0: no training-time codec; the table is then coded with
-    Compact-3DGS' zeroing of small values; None: :data:`DISTILL_RATE_LAMBDA`, or :data:`DISTILL_RATE_LAMBDA_NO_DC`
+    Compact-3DGS' zeroing of small values; None: :data:`DISTILL_RATE_LAMBDA` (:data:`DISTILL_RATE_LAMBDA_GUIDED`
+    with guided samples), or :data:`DISTILL_RATE_LAMBDA_NO_DC`
     without base colours). ``color_dc``: keep each Gaussian's DC colour (R-VQ'd) and distil
     only the view-dependent rest into the field. ``gaussian_weights`` (``[N]``, of ``source``'s Gaussians) and
     ``view_origins`` steer the distillation's samples (:func:`distill_color_field`)."""
@@ -223,7 +233,8 @@ def gaussians_to_c3dgs(
     kept = GaussianModel(*(source.splats[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
     cfg = color_config or auto_color_config(len(kept), color_dc=color_dc)
     if hash_rate_lambda is None:
-        hash_rate_lambda = DISTILL_RATE_LAMBDA if color_dc else DISTILL_RATE_LAMBDA_NO_DC
+        guided = gaussian_weights is not None or view_origins is not None
+        hash_rate_lambda = (DISTILL_RATE_LAMBDA_GUIDED if guided else DISTILL_RATE_LAMBDA) if color_dc else DISTILL_RATE_LAMBDA_NO_DC
     codec = {"bits": 8, "mask_start": 0, "qat_start": distill_steps // 2} if hash_rate_lambda > 0 else None
     model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
                                       rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size, rot_stages=rot_stages,
