@@ -54,7 +54,7 @@ DISTILL_RATE_LAMBDA_NO_DC = 3e-3
 DISTILL_RATE_LAMBDA_GUIDED = 2e-4
 # R-VQ stages of scale and rotation for a conversion. On the same lego run, each attribute alone quantized in the
 # float 3dgs model: scale 6 stages 31.7 bits a Gaussian (-0.000 dB), 4: 21.7 (-0.002), 3: 16.4 (-0.011), 2: 11.2
-# (-0.082); rotation 4 stages 21.4 bits (-0.005 dB), 3: 16.2 (-0.013), 2: 10.9 (-0.062).
+# (-0.082); rotation 4 stages 21.4 bits (-0.005 dB), 3: 16.2 (-0.013), 2: 10.9 (-0.062) (benchmarks/attribute_quant.py).
 CONVERT_SCALE_STAGES = 3
 CONVERT_ROT_STAGES = 3
 
