@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for b in args.budgets:
         keep = weight_budget_keep(w, b)
-        s = model.splats
-        pruned = GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+        pruned = model.subset(keep)
         float_scores = scores(pruned, ds, test)
         t1 = time.perf_counter()
         guide = {} if args.no_views else {"gaussian_weights": w[keep].float(), "view_origins": origins}

@@ -93,7 +93,6 @@ def _view_guidance(model, ds, prune_weight: float, args: CompressArgs) -> tuple:
     training camera centres (None where not asked for)."""
     import torch
 
-    from scenezip.splatting.gaussians import GaussianModel
     from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
 
     if ds is None or not (prune_weight > 0 or args.distill_from_views):
@@ -104,8 +103,7 @@ def _view_guidance(model, ds, prune_weight: float, args: CompressArgs) -> tuple:
         keep = weight_budget_keep(w, prune_weight)
         print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
               f"of the training views' blend weight")  # fmt: skip
-        s = model.splats
-        model = GaussianModel(*(s[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+        model = model.subset(keep)
         w = w[keep]
     if not args.distill_from_views:
         return model, None, None

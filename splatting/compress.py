@@ -230,7 +230,7 @@ def gaussians_to_c3dgs(
     keep = torch.sigmoid(source.splats["opacities"].detach()) >= prune_opacity
     if not bool(keep.any()):
         raise ScenezipError(f"every Gaussian has opacity below prune_opacity={prune_opacity}")
-    kept = GaussianModel(*(source.splats[k].detach()[keep] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")))
+    kept = source.subset(keep)
     cfg = color_config or auto_color_config(len(kept), color_dc=color_dc)
     if hash_rate_lambda is None:
         guided = gaussian_weights is not None or view_origins is not None

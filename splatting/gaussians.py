@@ -183,6 +183,10 @@ class GaussianModel(nn.Module):
         """``[N, K, 3]`` all SH coefficients (``sh0`` then ``shN``)."""
         return torch.cat([self.splats["sh0"], self.splats["shN"]], dim=1)
 
+    def subset(self, keep: Tensor) -> "GaussianModel":
+        """A new model of the Gaussians ``keep`` selects (a ``[N]`` bool mask or indices), detached copies."""
+        return GaussianModel(*(self.splats[k].detach()[keep] for k in PARAM_NAMES))
+
     def activated(self) -> dict[str, Tensor]:
         """What the rasterizer takes: normalized quats, ``exp`` scales, ``sigmoid`` opacities, SH coefficients."""
         return {

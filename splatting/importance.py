@@ -20,11 +20,6 @@ import torch
 from torch import Tensor
 
 
-@torch.no_grad()
-def _zeros_like_rows(n: int, like: Tensor) -> Tensor:
-    return torch.zeros(n, 1, dtype=like.dtype, device=like.device)
-
-
 def blend_weight_totals(
     render_fn: Callable[[Tensor, Tensor, Tensor, int, int], Tensor],
     n: int,
@@ -43,7 +38,7 @@ def blend_weight_totals(
     total = torch.zeros(n, dtype=torch.float64, device=like.device)
     cams = list(cameras)
     for cam in tqdm(cams, desc="blend weights", disable=not progress, dynamic_ncols=True):
-        colors = _zeros_like_rows(n, like).requires_grad_(True)
+        colors = torch.zeros(n, 1, dtype=like.dtype, device=like.device, requires_grad=True)
         with torch.enable_grad():
             img = render_fn(colors, cam.viewmats.to(like.device), cam.Ks.to(like.device), int(cam.widths[0]),
                             int(cam.heights[0]))  # fmt: skip
@@ -75,7 +70,8 @@ def gaussian_blend_weights(model, cameras: Iterable, backend: str = "auto", prog
     from scenezip.render.rasterization import rasterization
 
     with torch.no_grad():
-        a = {k: model.activated()[k].detach() for k in ("means", "quats", "scales", "opacities")}
+        act = model.activated()
+        a = {k: act[k].detach() for k in ("means", "quats", "scales", "opacities")}
 
     def render(colors: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> Tensor:
         img, _, _ = rasterization(a["means"], a["quats"], a["scales"], a["opacities"], colors, viewmats, Ks,
