@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -40,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test-views", type=int, default=25)
     args = ap.parse_args(argv)
 
-    from prune_weight import scores
+    from prune_weight import capture_root, scores
+    from rd_gaussians import evenly_spaced_test
 
     from scenezip.quant.rvq import ResidualVQ
     from scenezip.scenes.loader import load_dataset
@@ -48,10 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     from scenezip.splatting.gaussians import GaussianModel
 
     torch.set_num_threads(1)
-    root = Path(args.scene) if Path(args.scene).is_dir() else DATA / args.scene
+    root = capture_root(args.scene)
     ds = load_dataset(root, downscale=args.downscale, n_random_points=2, seed=0)
-    test = ds.indices("test")
-    test = test[np.linspace(0, len(test) - 1, min(args.test_views, len(test))).round().astype(int)]
+    test = evenly_spaced_test(ds, args.test_views)
     splats = {k: v.detach() for k, v in load_trained(args.source).splats.items()}
     keep = torch.sigmoid(splats["opacities"]) >= 0.005
     s = {k: v[keep] for k, v in splats.items()}

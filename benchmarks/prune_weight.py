@@ -33,6 +33,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def capture_root(scene: str) -> Path:
+    """A capture folder given as a path, or by its name under ../shared/data."""
+    return Path(scene) if Path(scene).is_dir() else DATA / scene
+
+
 def scores(model, ds, test_ids) -> dict:
     from scenezip.render.metrics import psnr, ssim
 
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from rd_gaussians import evaluate_file
+    from rd_gaussians import evaluate_file, evenly_spaced_test
 
     from scenezip.scene import scene_metadata
     from scenezip.scenes.loader import load_dataset
@@ -91,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
 
     torch.set_num_threads(1)
-    root = Path(args.scene) if Path(args.scene).is_dir() else DATA / args.scene
+    root = capture_root(args.scene)
     ds = load_dataset(root, downscale=args.downscale, n_random_points=2, seed=args.seed)
-    test = ds.indices("test")
-    test = test[np.linspace(0, len(test) - 1, min(args.test_views, len(test))).round().astype(int)]
+    test = evenly_spaced_test(ds, args.test_views)
     model = load_trained(args.source)
     if not isinstance(model, GaussianModel):
         raise SystemExit(f"{args.source}: not a 3dgs model")

@@ -34,6 +34,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("3dgs", "c3dgs", "2dgs", "c2dgs", "c3dgs-posthoc")
 
 
+def evenly_spaced_test(ds, n: int) -> np.ndarray:
+    """Indices of at most ``n`` evenly spaced test views of ``ds`` (the views every Gaussian benchmark scores)."""
+    test = ds.indices("test")
+    return test[np.linspace(0, len(test) - 1, min(n, len(test))).round().astype(int)]
+
+
 def evaluate_file(scz: Path, ds, test_ids: np.ndarray, lpips_on: bool) -> dict[str, Any]:
     """Mean PSNR / SSIM / LPIPS of the decoded file on ``test_ids`` and its render time."""
     from scenezip.render.metrics import lpips, lpips_available, psnr, ssim
@@ -193,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not root.is_dir():
             raise SystemExit(f"{root}: not found (this benchmark needs ../shared/data)")
         ds = load_dataset(root, downscale=args.downscale, n_random_points=args.random_points, seed=args.seed)
-        test = ds.indices("test")
-        test = test[np.linspace(0, len(test) - 1, min(args.test_views, len(test))).round().astype(int)]
+        test = evenly_spaced_test(ds, args.test_views)
         work = args.work / scene
         work.mkdir(parents=True, exist_ok=True)
         for method in args.methods:
