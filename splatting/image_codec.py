@@ -28,40 +28,51 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   Gaussian.
 - **Covariance** (GaussianImage: 6-bit Cholesky entries after training): the raw Cholesky factors
   ``(log l1, l2, log l3)`` are quantized with :class:`scenezip.quant.scalar.UniformQuantizer`
-  (``chol_bits`` levels per channel over the range seen when quantization-aware training starts) in
-  ``"ste"`` mode, so the last training steps see exactly the decoded values.
+  (``chol_bits`` levels per channel over the range of the refitted Gaussians), then frozen while the
+  positions and colours are fitted around them (quantization-aware training of everything else;
+  straight-through training of the covariances themselves measured worse, see below).
 - **Colour** (GaussianImage: 2-stage residual VQ): scalar quantization with a fixed step in an
   orthonormal luma/chroma basis ``M`` (rows ``(1,1,1)/sqrt3, (1,0,-1)/sqrt2, (1,-2,1)/sqrt6``), with
   straight-through rounding in training. ``M`` is orthonormal, so the quantization error in RGB is the
   same as with a step of the same size in RGB, while the decorrelated coordinates cost fewer bits.
 - **Rate control and settings**: the Gaussian count is the main knob. The count is first estimated by
   bisecting the exact file size of an initial (unfitted) model, whose positions are spread like fitted
-  ones; the model is fitted with ``oversample`` times that many Gaussians. Then, for every quantizer
-  setting next to the requested one (position grid, Cholesky bits and colour step one notch either
-  way: 27 settings), the least important Gaussians (smallest integrated colour mass) are dropped,
-  bisecting on the count against the exact file size, and the decoded image is scored; the best
-  setting wins. This is the rate-distortion trade the optimizer itself does not make (there is no
-  rate term in the loss): on kodim03 at 256x170 and 0.5-1 bpp it picked coarser positions,
-  Cholesky factors and colours than the defaults and spent the bits on more Gaussians. Quantization-aware fine-tuning follows, and a
-  final bisection trims what the fine-tuning added. If even every Gaussian stays more than the
-  tolerance under the target, the colour step is refined (no refit) until the size is within it.
+  ones; the model is fitted with ``oversample`` times that many Gaussians (half the steps). Then, for
+  every quantizer setting next to the requested one (position grid, Cholesky bits and colour step one
+  notch either way: 27 settings), the least important Gaussians (smallest integrated colour mass) are
+  dropped, bisecting on the count against the exact file size, and the decoded image is scored; the
+  best setting fixes the Cholesky bits and the count. This is the rate-distortion trade the optimizer
+  itself does not make (there is no rate term in the loss). The kept Gaussians are refitted in float
+  (a quarter of the steps), the Cholesky factors quantized and frozen, and positions and colours
+  fitted around them (the last quarter). Last, with only the colours left to move, the position grid
+  (one bit either way) and the colour step (2x finer to 2x coarser in half-octave notches) are chosen
+  again by the decoded image at the target size, each candidate trimmed to the target with its final
+  colour rounding. If even every Gaussian stays more than the tolerance under the target, the colour
+  step is refined until the size is within it.
 - **Colour rounding** (:func:`round_colors`): the render is linear in the colours, so the final colours
   are the least-squares solution for the decoded positions and Cholesky factors, rounded one Gaussian
   at a time with the error pushed onto the not-yet-rounded neighbours (GPTQ-style, through the Hessian
   ``W^T W``). The decoder is unchanged: this only chooses better integers.
 
-- **Where the quality goes** (kodim05, 256x170, 1 bpp, 1700 Gaussians fitted, 1346-1386 kept): the float
-  fit reaches 26.8 dB after 210 float steps and 28.4 dB after 840, but pruning to the target count by
-  importance alone drops the 840-step fit to 24.5 dB and quantizing all 1700 at the chosen setting
-  (0.5 px positions, 5-bit Cholesky) to 24.1 dB (5-bit Cholesky alone: 25.3 dB; the off-diagonal range
-  is about +-19 px, a 1.2 px step); the decoded file gets 24.9 dB (300 steps) and 24.6 dB (1200 steps).
-  Quantization-aware fine-tuning recovers almost nothing (24.20 -> 24.18 dB in 300 steps at full
-  learning rates, 24.42 dB with float colours), and the final least-squares colours add about 0.7 dB.
-  Measured and not kept (decoded PSNR at 600 steps, 24.73 dB as is): QAT half of the steps at
-  full learning rates 24.89 dB, at 0.3x 24.84; with float colours 24.78; densification from 60% of the
-  Gaussians (``grow_from=0.6``) at 300 steps 24.73 against 24.88 dB; clipping the Cholesky range to
-  percentiles (all 1700 quantized, 5 bits: 25.56 dB at 0.5%, worse at 1-2% and at 6 bits, against
-  25.31 dB for min/max) or quantizing ``l2 / l3`` instead of ``l2`` (24.69 dB: heavy tails).
+- **Where the quality goes** (kodim05, 256x170, 1 bpp, 900 steps; float 26.88 dB with 1416 Gaussians
+  after 450 steps): pruning to 1355 and quantizing at the first choice (0.5 px, 5-bit Cholesky) 25.00
+  dB; the refit recovers 26.82 dB in float; quantizing the Cholesky factors and fitting the rest around
+  them 26.16 dB; positions on the final 0.25 px grid with rounded least-squares colours 25.61 dB. Before
+  this order (prune, then straight-through QAT of every parameter, 300 steps) the file got 24.88 dB,
+  and longer fits decoded worse (24.73 dB at 600 steps, 24.62 at 1200): the float fit kept improving
+  but pruning and quantization took more than it gained, and straight-through fine-tuning recovered
+  nothing (1700 Gaussians quantized at 0.5 px / 5 bits: 25.62 dB with rounded least-squares colours as
+  they are, 25.47 after 90 straight-through steps at 0.3x the learning rates, 25.40 at 1x; freezing the
+  quantized covariances and fitting the rest in float for the same 90 steps: 25.87).
+  Measured and not kept (900 steps, decoded at 1 bpp, 25.43 dB without the final search): oversampling
+  1.2 / 1.5 (25.36 / 25.26 dB); training with uniform noise of half / one quantizer step on positions
+  and covariances (25.41 / 25.22); straight-through positions for the last 10% of the steps at a
+  0.1 / 0.03 px learning rate (25.23 / 25.15). Earlier (300-600 steps): densification from 60% of the
+  Gaussians (``grow_from=0.6``), clipping the Cholesky range to percentiles, quantizing ``l2 / l3``
+  instead of ``l2`` (heavy tails); a rotation-scale parametrization ``(log s1, log s2, angle)`` quantized
+  to the same entropy as the Cholesky factors gives about the same PSNR (5/5/5 bits: 26.03 dB at 12.7
+  bits per Gaussian; Cholesky 5 bits 25.79 dB at 11.6, 6 bits 26.46 at 14.6; 1700 Gaussians, float
+  fit 26.75 dB).
 
 Decoding (:func:`decode_image`) reads only integers and the float64 constants stored in the header,
 checks every count and shape against the metadata (``SceneFileError`` otherwise), and dequantizes
@@ -307,33 +318,6 @@ def make_chol_range(chol_raw: Tensor) -> np.ndarray:  # [N, 3] -> [2, 3] int64
     lo = np.floor(x.min(0) * CHOL_RANGE_UNIT).astype(np.int64)
     hi = np.maximum(np.ceil(x.max(0) * CHOL_RANGE_UNIT).astype(np.int64), lo + 1)
     return np.stack([lo, hi])
-
-
-def qat_transform(width: int, height: int, quant: QuantConfig, chol_range: np.ndarray, colors: bool = True):
-    """``(means, chol_raw, colors) -> decoded values`` with straight-through gradients (the training forward).
-    ``colors=False`` leaves the colours in float (when the final colours are solved for afterwards)."""
-    quant_colors = colors
-    frac = quant.pos_frac_bits
-    gw, gh = _pos_grid(width, height, frac)
-    scale = float(1 << frac)
-    step = float(quant.color_step)
-    chol_q = chol_quantizer(chol_range, quant.chol_bits)
-    basis = torch.tensor(COLOR_BASIS, dtype=torch.float64)
-
-    def transform(p: Params) -> Params:
-        means, chol_raw, colors = p
-        lim = means.new_tensor([(gw - 1) / scale, (gh - 1) / scale])
-        mc = torch.minimum(torch.maximum(means, torch.zeros_like(lim)), lim)
-        mq = (torch.round(mc.detach() * scale) / scale).to(means.dtype) + (mc - mc.detach())
-        cq = chol_q(chol_raw)
-        if not quant_colors:
-            return mq, cq, colors
-        y = torch.round(_color_forward(colors.detach()) / step) * step
-        rgb = torch.stack([y[:, 0] * basis[0, j] + y[:, 1] * basis[1, j] + y[:, 2] * basis[2, j] for j in range(3)], -1)
-        colq = rgb.to(colors.dtype) + (colors - colors.detach())
-        return mq, cq, colq
-
-    return transform
 
 
 def quantize_model(model: ImageGaussians, quant: QuantConfig, chol_range: np.ndarray) -> ImageCode:
@@ -773,20 +757,43 @@ def _settings_grid(quant: QuantConfig) -> list[QuantConfig]:
     return out
 
 
+def _final_grid(quant: QuantConfig) -> list[QuantConfig]:
+    """The settings tried last, when only the colours can still move: the position grid one bit either
+    way and the colour step up to 2x finer or coarser in half-octave notches (the Cholesky bits are
+    fixed by then)."""
+    fracs = range(max(quant.pos_frac_bits - 1, 0), min(quant.pos_frac_bits + 1, MAX_FRAC_BITS) + 1)
+    return [replace(quant, pos_frac_bits=f, color_step_q=quant.color_step_q + dq)
+            for f in fracs for dq in (-4, -2, 0, 2, 4) if 0 <= quant.color_step_q + dq <= MAX_STEP_Q]  # fmt: skip
+
+
+def _fit_rounded(model: ImageGaussians, order: Tensor, quant: QuantConfig, chol_q: np.ndarray, img: Tensor,
+                 target: int, sizer: _Sizer) -> tuple[ImageCode, int]:  # fmt: skip
+    """The code of ``model`` at ``quant`` with error-feedback rounded colours (:func:`round_colors`) that
+    fits ``target`` bytes: the most important Gaussians (``order``) the nearest-rounded code allows,
+    then fewer until the rounded colours (a few % more bytes) fit too. Returns ``(code, size)``."""
+    k, size = _prune_to(model, order, quant, chol_q, target, sizer)
+    for _ in range(8):
+        code = round_colors(quantize_model(model.keep(order[:k]), quant, chol_q), img)
+        size = sizer(code)
+        if size <= target or k == 1:
+            break
+        k = max(1, k - math.ceil((size - target) * k / size))
+    return code, size
+
+
 def encode_image(
     img: Any,  # [H, W, 3] uint8 (numpy or torch)
     bpp: float,
     path: str | os.PathLike,
-    steps: int = 300,
+    steps: int = 900,
     quant: QuantConfig | None = None,
     fit_config: FitConfig | None = None,
-    oversample: float = 1.2,
-    qat_fraction: float = 0.3,
-    qat_lr: float = 0.3,
-    qat_colors: bool = True,
+    oversample: float = 1.0,
+    float_fraction: float = 0.5,
+    refit_fraction: float = 0.25,
+    freeze_rounds: int = 1,
     tolerance: float = 0.1,
     search: bool = True,
-    refine_colors: bool = True,
     rescore: int = 4,
     grow_from: float = 1.0,
     seed: int = 0,
@@ -797,25 +804,24 @@ def encode_image(
     The whole file (header included) counts. See the module docstring for the rate control; the result
     lands within ``tolerance`` of the target unless the target is below what one Gaussian costs (the
     file then holds one Gaussian) or above what ``oversample`` times the first estimate can reach at
-    the finest colour step tried. ``steps`` are split into float fitting and ``qat_fraction`` of
-    quantization-aware fine-tuning. ``search`` tries the neighbouring quantizer settings of ``quant``
-    after the float fit and keeps the one whose decoded image at the target size is best.
-    ``refine_colors`` replaces the final colour integers by :func:`round_colors` (least squares on the
-    decoded geometry, error-feedback rounding; then Gaussians are dropped until the file fits) and
-    re-scores the ``rescore`` best settings of the search with it (kodim03, 256x170, 1 bpp, 150 steps:
-    +0.2 dB over scoring with rounding to nearest). ``qat_lr`` scales the learning rates of the
-    quantization-aware fine-tuning; ``qat_colors=False`` leaves colours in float there (they are solved
-    for afterwards when ``refine_colors``). ``grow_from < 1`` starts the float fit with that fraction of
-    the Gaussians and spawns the rest at high-error pixels (:func:`~scenezip.splatting.image_gaussians.
-    spawn_at_error`) during the first 40% of it. None of the three helped so far (module docstring).
+    the finest colour step tried. ``steps`` are split into a float fit of all Gaussians
+    (``float_fraction``), a float refit of the kept ones after pruning (``refit_fraction``) and the
+    rest with the Cholesky factors quantized and frozen (positions and colours adapt to them).
+    ``search`` tries the neighbouring quantizer settings of ``quant`` after the first fit, keeping the
+    one whose decoded image at the target size is best (``rescore`` best re-scored with the final colour
+    rounding), and at the end the position grids and colour steps of :func:`_final_grid`. ``grow_from
+    < 1`` starts the float fit with that fraction of the Gaussians and spawns the rest at high-error
+    pixels (:func:`~scenezip.splatting.image_gaussians.spawn_at_error`) during the first 40% of it
+    (measured not to help, module docstring).
     """
     t0 = time.perf_counter()
     target_img = _as_image(img)
     if not (isinstance(bpp, (int, float)) and math.isfinite(bpp) and bpp > 0):
         raise ValueError(f"bpp must be a finite number > 0, got {bpp!r}")
-    if steps < 0 or not 0.0 <= qat_fraction <= 1.0 or oversample < 1.0 or not 0 < tolerance < 1 or not 0 < grow_from <= 1:
-        raise ValueError("steps must be >= 0, qat_fraction in [0, 1], oversample >= 1, tolerance in (0, 1), "
-                         "grow_from in (0, 1]")  # fmt: skip
+    fractions_ok = 0.0 <= float_fraction and 0.0 <= refit_fraction and float_fraction + refit_fraction <= 1.0
+    if steps < 0 or not fractions_ok or oversample < 1.0 or not 0 < tolerance < 1 or not 0 < grow_from <= 1:
+        raise ValueError("steps must be >= 0, float_fraction and refit_fraction >= 0 with a sum <= 1, "
+                         "oversample >= 1, tolerance in (0, 1), grow_from in (0, 1]")  # fmt: skip
     quant = quant or QuantConfig()
     fcfg = fit_config or FitConfig()
     h, w = target_img.shape[0], target_img.shape[1]
@@ -833,7 +839,9 @@ def encode_image(
     n_init = n_fit if grow_from >= 1.0 else max(1, int(round(n_fit * grow_from)))
     model = init_from_image(target_img, n_init, seed=seed)
     # 2. float fit (densifying from n_init to n_fit Gaussians where the error is high, if grow_from < 1)
-    float_steps = int(round(steps * (1 - qat_fraction)))
+    float_steps = int(round(steps * float_fraction))
+    refit_steps = int(round(steps * refit_fraction))
+    frozen_steps = steps - float_steps - refit_steps
     fcfg_float = replace(fcfg, steps=float_steps, grow_to=n_fit if n_init < n_fit and float_steps > 1 else 0)
     p_float = fit(model, target_img, fcfg_float, progress=progress, desc=f"fit {n_fit} Gaussians")
     log.append(f"float fit: {model.n} Gaussians, {float_steps} steps, {p_float:.2f} dB")
@@ -849,40 +857,58 @@ def encode_image(
         code = quantize_model(model.keep(order[:k]), cand, chol_q)
         scored.append((_decoded_psnr(model, code, target_img), cand, k, size, code))
     scored.sort(key=lambda t: -t[0])
-    if refine_colors and len(scored) > 1:  # the final rounding favours other settings: re-score the top few
+    if len(scored) > 1:  # the final rounding favours other settings: re-score the top few with it
         scored = sorted(((_decoded_psnr(model, round_colors(t[4], target_img), target_img),) + t[1:]
                          for t in scored[:rescore]), key=lambda t: -t[0])  # fmt: skip
     _, quant, k, size, _ = scored[0]
     model = model.keep(order[:k])
     log.append(f"settings {quant}: pruned to {k} Gaussians ({size} B), decoded {scored[0][0]:.2f} dB")
-    # 4. quantization-aware fine-tuning of the kept Gaussians
-    qat_steps = steps - float_steps
-    if qat_steps > 0:
-        transform = qat_transform(w, h, quant, chol_q, colors=qat_colors or not refine_colors)
-        qcfg = replace(fcfg, steps=qat_steps, lr_means=fcfg.lr_means * qat_lr, lr_chol=fcfg.lr_chol * qat_lr,
-                       lr_colors=fcfg.lr_colors * qat_lr)  # fmt: skip
-        p_qat = fit(model, target_img, qcfg, transform=transform, progress=progress, desc=f"QAT {k} Gaussians")
-        log.append(f"quantization-aware fit: {qat_steps} steps, {p_qat:.2f} dB (float render of the quantized values)")
-    # 5. final trim (fine-tuning moves the entropy a little), then write
+    # 4. refit what is kept in float (pruning cost kodim05 1.9 dB, of which the refit recovers nearly all)
+    if refit_steps > 0:
+        p_re = fit(model, target_img, replace(fcfg, steps=refit_steps), progress=progress, desc=f"refit {k} Gaussians")
+        log.append(f"refit after pruning: {refit_steps} steps, {p_re:.2f} dB")
+    # 5. quantize and freeze the Cholesky factors; positions and colours adapt to them in float
+    chol_q = make_chol_range(model.chol_raw)
+    cq = chol_quantizer(chol_q, quant.chol_bits)
+    rounds = max(1, min(freeze_rounds, frozen_steps))
+    if rounds > 1:  # freeze the most important Gaussians' covariances first; the rest still adapt
+        rank = torch.empty(model.n, dtype=torch.long)
+        rank[torch.argsort(model.importance(), descending=True, stable=True)] = torch.arange(model.n)
+        for r in range(1, rounds):
+            frozen = (rank < model.n * r // rounds)[:, None]
+            fixed = cq(model.chol_raw.detach())
+
+            def freeze(p: Params, frozen: Tensor = frozen, fixed: Tensor = fixed) -> Params:
+                return p[0], torch.where(frozen, fixed, p[1]), p[2]
+
+            n_r = frozen_steps * r // rounds - frozen_steps * (r - 1) // rounds
+            fit(model, target_img, replace(fcfg, steps=n_r, lr_means=fcfg.lr_means * 0.3, lr_chol=fcfg.lr_chol * 0.3,
+                                           lr_colors=fcfg.lr_colors * 0.3), transform=freeze, progress=progress,
+                desc=f"freeze covariances {r}/{rounds}")  # fmt: skip
+            with torch.no_grad():
+                model.chol_raw.copy_(torch.where(frozen, fixed, model.chol_raw))
+        frozen_steps -= frozen_steps * (rounds - 1) // rounds
+    with torch.no_grad():
+        model.chol_raw.copy_(cq(model.chol_raw))
+    if frozen_steps > 0:
+        p_fz = fit(model, target_img, replace(fcfg, steps=frozen_steps, lr_chol=0.0), progress=progress,
+                   desc=f"fit around {quant.chol_bits}-bit covariances")  # fmt: skip
+        log.append(f"fit with quantized covariances: {frozen_steps} steps, {p_fz:.2f} dB")
+    # 6. the position grid and colour step, with least-squares colours rounded with error feedback,
+    #    trimmed to the target (only the colours can still move, so the earlier choice is re-made)
     order = torch.argsort(model.importance(), descending=True, stable=True)
-    k, size = _prune_to(model, order, quant, chol_q, target, sizer)
-    while size < (1 - tolerance) * target and k == model.n and quant.color_step_q < MAX_STEP_Q:
-        quant = replace(quant, color_step_q=quant.color_step_q + 2)
-        k, size = _prune_to(model, order, quant, chol_q, target, sizer)
-        log.append(f"under target after fine-tuning: colour step {quant.color_step:.5f}")
-    code = quantize_model(model.keep(order[:k]), quant, chol_q)
-    if refine_colors:  # error-feedback rounding costs a few % more bytes: drop Gaussians until it fits
-        for _ in range(8):
-            code = round_colors(quantize_model(model.keep(order[:k]), quant, chol_q), target_img)
-            size = sizer(code)
-            if size <= target or k == 1:
-                break
-            k = max(1, k - math.ceil((size - target) * k / size))
-        log.append(f"colours rounded with error feedback: {code.n} Gaussians, {size} B")
+    final = []
+    for cand in _final_grid(quant) if search else [quant]:
+        code, size = _fit_rounded(model, order, cand, chol_q, target_img, target, sizer)
+        while size < (1 - tolerance) * target and code.n == model.n and cand.color_step_q < MAX_STEP_Q:
+            cand = replace(cand, color_step_q=cand.color_step_q + 2)
+            code, size = _fit_rounded(model, order, cand, chol_q, target_img, target, sizer)
+            log.append(f"under target with every Gaussian: colour step {cand.color_step:.5f}")
+        final.append((_decoded_psnr(model, code, target_img), cand, code))
+    final.sort(key=lambda t: -t[0])
+    psnr, quant, code = final[0]
+    log.append(f"final settings {quant}: {code.n} Gaussians, decoded {psnr:.2f} dB")
     nbytes = write_code(path, code)
-    decoded = torch.from_numpy(render_code(code).astype(np.float32) / 255.0)
-    mse = float(torch.mean((decoded - target_img) ** 2))
-    psnr = 10 * math.log10(1 / mse) if mse > 0 else float("inf")
     log.append(f"wrote {code.n} Gaussians, {nbytes} B")
     return EncodeResult(Path(path), nbytes, nbytes * 8.0 / (h * w), float(bpp), code.n, psnr,
                         time.perf_counter() - t0, steps, quant, log)  # fmt: skip
