@@ -32,8 +32,8 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   positions and colours are fitted around them (quantization-aware training of everything else;
   straight-through training of the covariances themselves measured worse, see below).
 - **Colour** (GaussianImage: 2-stage residual VQ): scalar quantization with a fixed step in an
-  orthonormal luma/chroma basis ``M`` (rows ``(1,1,1)/sqrt3, (1,0,-1)/sqrt2, (1,-2,1)/sqrt6``), with
-  straight-through rounding in training. ``M`` is orthonormal, so the quantization error in RGB is the
+  orthonormal luma/chroma basis ``M`` (rows ``(1,1,1)/sqrt3, (1,0,-1)/sqrt2, (1,-2,1)/sqrt6``), the
+  integers chosen by :func:`round_colors` (below). ``M`` is orthonormal, so the quantization error in RGB is the
   same as with a step of the same size in RGB, while the decorrelated coordinates cost fewer bits.
 - **Rate control and settings**: the Gaussian count is the main knob. The count is first estimated by
   bisecting the exact file size of an initial (unfitted) model, whose positions are spread like fitted
@@ -44,7 +44,10 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   best setting fixes the Cholesky bits and the count. This is the rate-distortion trade the optimizer
   itself does not make (there is no rate term in the loss). The kept Gaussians are refitted in float
   (a quarter of the steps), the Cholesky factors quantized and frozen, and positions and colours
-  fitted around them (the last quarter). Last, with only the colours left to move, the position grid
+  fitted around them (the last quarter). The freezing goes in four rounds, the most important
+  Gaussians first, the covariances not yet frozen still fitted (incremental quantization, as in
+  Zhou et al.'s INQ, 2017): +0.06 to +0.16 dB against freezing all at once on kodim03/05 at 0.5 and 1
+  bpp (eight rounds: +0.02 on kodim05 at 1 bpp). Last, with only the colours left to move, the position grid
   (one bit either way) and the colour step (2x finer to 2x coarser in half-octave notches) are chosen
   again by the decoded image at the target size, each candidate trimmed to the target with its final
   colour rounding. If even every Gaussian stays more than the tolerance under the target, the colour
@@ -791,7 +794,7 @@ def encode_image(
     oversample: float = 1.0,
     float_fraction: float = 0.5,
     refit_fraction: float = 0.25,
-    freeze_rounds: int = 1,
+    freeze_rounds: int = 4,
     tolerance: float = 0.1,
     search: bool = True,
     rescore: int = 4,
@@ -806,7 +809,10 @@ def encode_image(
     file then holds one Gaussian) or above what ``oversample`` times the first estimate can reach at
     the finest colour step tried. ``steps`` are split into a float fit of all Gaussians
     (``float_fraction``), a float refit of the kept ones after pruning (``refit_fraction``) and the
-    rest with the Cholesky factors quantized and frozen (positions and colours adapt to them).
+    rest with the Cholesky factors quantized and frozen (positions and colours adapt to them); with
+    ``freeze_rounds > 1`` the first ``(rounds - 1) / rounds`` of that stage freeze the covariances in
+    steps, the most important Gaussians first, while the others' covariances still adapt (at 0.3x the
+    learning rates).
     ``search`` tries the neighbouring quantizer settings of ``quant`` after the first fit, keeping the
     one whose decoded image at the target size is best (``rescore`` best re-scored with the final colour
     rounding), and at the end the position grids and colour steps of :func:`_final_grid`. ``grow_from
@@ -887,6 +893,7 @@ def encode_image(
                 desc=f"freeze covariances {r}/{rounds}")  # fmt: skip
             with torch.no_grad():
                 model.chol_raw.copy_(torch.where(frozen, fixed, model.chol_raw))
+        log.append(f"covariances frozen in {rounds} rounds: {frozen_steps * (rounds - 1) // rounds} steps")
         frozen_steps -= frozen_steps * (rounds - 1) // rounds
     with torch.no_grad():
         model.chol_raw.copy_(cq(model.chol_raw))
