@@ -47,7 +47,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scenezip.render._tiles import DEFAULT_CHUNK_PAIRS, DEFAULT_TILE_SIZE, isect_tiles, rasterize_tiles
+from scenezip.render._tiles import (
+    DEFAULT_CHUNK_PAIRS,
+    DEFAULT_TILE_SIZE,
+    TileIntersections,
+    isect_tiles,
+    rasterize_tiles,
+)
 
 CUTOFF = math.log(255.0)  # s above this contributes nothing (weight < 1/255)
 
@@ -126,6 +132,18 @@ def _pixel_fn(pix: Tensor, ids: Tensor, valid: Tensor, means: Tensor, conics: Te
     return _AccumulateTiles.apply(pix, ids, valid, means, conics, colors)
 
 
+def image_tiles(means: Tensor, cov: Tensor, width: int, height: int, tile_size: int) -> TileIntersections:
+    """The (tile, Gaussian) overlaps of ``means`` ``[N, 2]`` with covariances ``cov`` ``[N, 3]``: each
+    Gaussian's box is the axis-aligned box of its ``s = CUTOFF`` ellipse plus a one-pixel margin
+    (half-extents ``sqrt(2 CUTOFF Sxx) + 1``, ``sqrt(2 CUTOFF Syy) + 1``); non-finite ones touch nothing."""
+    with torch.no_grad():
+        half = torch.sqrt(2.0 * CUTOFF * cov[:, [0, 2]].detach().clamp_min(0.0)) + 1.0
+        finite = torch.isfinite(half).all(-1) & torch.isfinite(means.detach()).all(-1)
+        half = torch.where(finite[:, None], half, torch.zeros_like(half))
+        zeros = torch.zeros(1, means.shape[0], dtype=means.dtype, device=means.device)
+        return isect_tiles(means.detach()[None], half[None], zeros, width, height, tile_size)
+
+
 def rasterize_image(
     means: Tensor,  # [N, 2] pixels
     chol: Tensor,  # [N, 3] Cholesky factor (l1, l2, l3), pixels
@@ -145,15 +163,7 @@ def rasterize_image(
     if tile_size < 1 or chunk_pairs < 1:
         raise ValueError(f"tile_size and chunk_pairs must be >= 1, got {tile_size}, {chunk_pairs}")
     conics, cov = chol_to_conics(chol)
-    with torch.no_grad():
-        # half-extents of the s = CUTOFF ellipse: sqrt(2 CUTOFF Sxx), sqrt(2 CUTOFF Syy); +1 px margin
-        half = torch.sqrt(2.0 * CUTOFF * cov[:, [0, 2]].detach().clamp_min(0.0)) + 1.0
-        finite = torch.isfinite(half).all(-1) & torch.isfinite(means.detach()).all(-1)
-        half = torch.where(finite[:, None], half, torch.zeros_like(half))
-    isect = isect_tiles(
-        means.detach()[None], half[None], torch.zeros(1, means.shape[0], dtype=means.dtype, device=means.device),
-        width, height, tile_size,
-    )  # fmt: skip
+    isect = image_tiles(means, cov, width, height, tile_size)
     img = rasterize_tiles(
         _pixel_fn, (means, conics, colors), isect, width, height, colors.shape[1], chunk_pairs,
         checkpoint_chunks=False,

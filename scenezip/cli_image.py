@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 import tyro
 
 from scenezip.errors import ScenezipError
@@ -65,6 +66,11 @@ class ImageDecodeArgs:
     """The .scz file (written by 'scenezip image encode')."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """The PNG file to write."""
+    device: str = "auto"
+    """Where to render: "cpu", "cuda", "cuda:N", or "auto" (CUDA when torch sees a GPU, else the CPU)."""
+    backend: str = "auto"
+    """Renderer: "torch" (pair list, any device), "triton" (the Triton kernel, CUDA), or "auto" (Triton
+    where it can run, else torch)."""
 
 
 def _note(msg: str) -> None:
@@ -158,8 +164,24 @@ def cmd_decode(args: ImageDecodeArgs) -> None:
 
     if args.output.suffix.lower() != ".png":
         raise ScenezipError(f"{args.output}: the output must be a .png file")
+    from scenezip.splatting.image_codec import DECODE_BACKENDS
+
+    if args.backend not in DECODE_BACKENDS:
+        raise ScenezipError(f"--backend must be one of {', '.join(DECODE_BACKENDS)}, got {args.backend!r}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ScenezipError(f"--device {args.device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScenezipError(f"--device {args.device}: torch sees no CUDA device here")
+    if args.backend == "triton":
+        from scenezip.render.rasterization_image_triton import available
+
+        if not available(device):
+            raise ScenezipError(f"--backend triton cannot run on {device} here (needs Triton and a CUDA device)")
     _check_output_folder(args.output)
-    pixels = decode_image(args.input)
+    pixels = decode_image(args.input, device, args.backend)
     save_png(args.output, pixels)
     print(f"wrote {args.output}: {pixels.shape[1]}x{pixels.shape[0]} RGB")
 

@@ -80,7 +80,9 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
 Decoding (:func:`decode_image`) reads only integers and the float64 constants stored in the header,
 checks every count and shape against the metadata (``SceneFileError`` otherwise), and dequantizes
 with fixed float64 arithmetic, so the decoded parameters are bit-identical on every machine; the
-pixels are the float32 render of those parameters clamped and rounded to 8 bits.
+pixels are the float32 render of those parameters clamped and rounded to 8 bits. The render is the torch pair-list
+renderer by default, or the Triton kernel of :mod:`scenezip.render.rasterization_image_triton` on a
+GPU (``backend``), the same sum in another order.
 """
 
 from __future__ import annotations
@@ -430,12 +432,28 @@ def code_to_model(code: ImageCode) -> ImageGaussians:
     return ImageGaussians(*code_to_params(code), code.width, code.height)
 
 
-def render_code(code: ImageCode) -> np.ndarray:  # -> [H, W, 3] uint8
-    """The decoded image: the render of the decoded parameters, clamped, rounded to 8 bits."""
-    means, chol_raw, colors = code_to_params(code)
+DECODE_BACKENDS = ("auto", "torch", "triton")
+
+
+def render_code(code: ImageCode, device: str | torch.device = "cpu", backend: str = "torch") -> np.ndarray:
+    """The decoded image ``[H, W, 3]`` uint8: the render of the decoded parameters, clamped, rounded to
+    8 bits. ``backend`` ``"torch"`` is the pair-list renderer (any device, the reference), ``"triton"``
+    the Triton kernel (:mod:`scenezip.render.rasterization_image_triton`: CUDA, or the interpreter on a
+    CPU), ``"auto"`` Triton where it can run on ``device`` and torch elsewhere. The parameters are
+    bit-identical everywhere; the float32 sums of the two backends differ in order, so an 8-bit value
+    may differ by one level where a sum lands on a rounding boundary."""
+    from scenezip.render.rasterization_image_triton import available, rasterize_image_triton
+
+    if backend not in DECODE_BACKENDS:
+        raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
+    means, chol_raw, colors = (t.to(device) for t in code_to_params(code))
+    use_triton = backend == "triton" or (backend == "auto" and available(means.device))
     with torch.no_grad():
-        img = rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, code.width, code.height)
-    return torch.round(img.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+        if use_triton:
+            img = rasterize_image_triton(means, chol_from_raw(chol_raw), colors, code.width, code.height)
+        else:
+            img = rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, code.width, code.height)
+    return torch.round(img.clamp(0.0, 1.0) * 255.0).to(torch.uint8).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------- packing
@@ -686,9 +704,10 @@ def read_code(path: str | os.PathLike) -> ImageCode:
     return scene_to_code(read_scz(path))
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:  # -> [H, W, 3] uint8
-    """Decode an ``image`` ``.scz`` file to 8-bit RGB pixels."""
-    return render_code(read_code(path))
+def decode_image(path: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "torch") -> np.ndarray:
+    """Decode an ``image`` ``.scz`` file to 8-bit RGB pixels ``[H, W, 3]`` (``device`` and ``backend``
+    as in :func:`render_code`)."""
+    return render_code(read_code(path), device, backend)
 
 
 # ----------------------------------------------------------------------------------- rate control

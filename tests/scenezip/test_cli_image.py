@@ -66,3 +66,27 @@ def test_decode_errors(tmp_path, capsys):
     assert image_main(["frobnicate"]) == 2
     assert image_main(["encode", "--help"]) == 0
     assert "--bpp" in capsys.readouterr().out
+
+
+def test_decode_device_and_backend_options(tmp_path, capsys, monkeypatch):
+    """--device cpu --backend torch decodes; an unknown backend, a missing GPU and Triton where it cannot
+    run are one-line errors that write nothing."""
+    torch.set_num_threads(1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    src = tmp_path / "in.png"
+    Image.fromarray(_img()).save(src)
+    scz = tmp_path / "a.scz"
+    assert image_main(["encode", str(src), "-o", str(scz), "--bpp", "6", "--steps", "4", "--no-search", "--quiet"]) == 0
+    assert image_main(["decode", str(scz), "-o", str(tmp_path / "t.png"), "--device", "cpu", "--backend", "torch"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o.png"
+    for extra, needle in ((["--backend", "cuda"], "--backend must be one of"),
+                          (["--device", "nonsense"], "--device 'nonsense'"),
+                          (["--device", "cpu", "--backend", "triton"], "--backend triton cannot run on cpu")):  # fmt: skip
+        assert image_main(["decode", str(scz), "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("scenezip image: error:") and needle in err and err.count("\n") == 1
+        assert not out.exists()
+    if not torch.cuda.is_available():
+        assert image_main(["decode", str(scz), "-o", str(out), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
