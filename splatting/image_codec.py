@@ -442,15 +442,17 @@ def render_code(code: ImageCode, device: str | torch.device = "cpu", backend: st
     CPU), ``"auto"`` Triton where it can run on ``device`` and torch elsewhere. The parameters are
     bit-identical everywhere; the float32 sums of the two backends differ in order, so an 8-bit value
     may differ by one level where a sum lands on a rounding boundary."""
-    from scenezip.render.rasterization_image_triton import available, rasterize_image_triton
-
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
     means, chol_raw, colors = (t.to(device) for t in code_to_params(code))
-    use_triton = backend == "triton" or (backend == "auto" and available(means.device))
+    use_triton = False
+    if backend != "torch":  # importing Triton takes a while: only when it may be used
+        from scenezip.render import rasterization_image_triton as rt
+
+        use_triton = backend == "triton" or rt.available(means.device)
     with torch.no_grad():
         if use_triton:
-            img = rasterize_image_triton(means, chol_from_raw(chol_raw), colors, code.width, code.height)
+            img = rt.rasterize_image_triton(means, chol_from_raw(chol_raw), colors, code.width, code.height)
         else:
             img = rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, code.width, code.height)
     return torch.round(img.clamp(0.0, 1.0) * 255.0).to(torch.uint8).cpu().numpy()
