@@ -6,7 +6,8 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
 
 - **Container**: one ``.scz`` stream ``code`` (codec ``raw``) and empty metadata, so the JSON header
   is a fixed ~160 bytes instead of one ~110-byte record per array plus the metadata (about 730 bytes,
-  a quarter of a 0.5 bpp file at 256x170). Inside ``code``, in order: LEB128 varints ``width, height,
+  a quarter of a 0.5 bpp file at 256x170). Inside ``code``, in order: LEB128 varints ``0, LAYOUT``
+  (layout 1, before 2026-12-06, began with the width, never 0, and is refused), ``width, height,
   N, pos_frac_bits, chol_bits, color_step_q`` and the six zigzag Cholesky-range integers; then, for
   ``N > 0``, the position exponents (an entropy-coded section), the packed position mantissas
   (``ceil(bits / 8)`` bytes, the count follows from the exponents), three Cholesky channels and three
@@ -28,7 +29,9 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   Gaussian.
 - **Covariance** (GaussianImage: 6-bit Cholesky entries after training): the raw Cholesky factors
   ``(log l1, l2, log l3)`` are quantized with :class:`scenezip.quant.scalar.UniformQuantizer`
-  (``chol_bits`` levels per channel over the range of the refitted Gaussians), then frozen while the
+  (``chol_bits`` levels per channel over the range of the refitted Gaussians) in the coordinates
+  ``(log l1, sign(l2) sqrt|l2|, log l3)`` (:func:`chol_domain`; the decoder squares back with one exact
+  multiplication), then frozen while the
   positions and colours are fitted around them (quantization-aware training of everything else;
   straight-through training of the covariances themselves measured worse, see below).
 - **Colour** (GaussianImage: 2-stage residual VQ): scalar quantization with a fixed step in an
@@ -67,15 +70,21 @@ Written by hand on scenezip's own toolbox (``quant.morton``, ``quant.scalar``, `
   nothing (1700 Gaussians quantized at 0.5 px / 5 bits: 25.62 dB with rounded least-squares colours as
   they are, 25.47 after 90 straight-through steps at 0.3x the learning rates, 25.40 at 1x; freezing the
   quantized covariances and fitting the rest in float for the same 90 steps: 25.87).
+  **Off-diagonal companding** (layout 2): the off-diagonal Cholesky entry ``l2`` grows heavy tails in
+  long fits (kodim01, 1445 Gaussians: +-12 px after 450 steps, -25..+21 px after 1800), and a uniform
+  5-bit quantizer over that range collapses (float 30.51 dB -> 25.85 with only ``l2`` quantized);
+  ``sign(l2) sqrt|l2|`` gives 28.10 dB there (asinh 28.33, ``|l2|^(2/3)`` 27.86) for about 1.3 more
+  bits per Gaussian, and in the encoder (1 bpp): kodim05 25.77 -> 25.80 dB and kodim03 35.14 -> 35.23 at
+  900 steps, kodim05 25.59 -> 25.88 and kodim01 28.82 -> 28.92 at 1800 steps, where longer fits now
+  decode better than 900 steps (25.80, 28.64). The square is chosen over asinh because its inverse is
+  exact arithmetic. A rotation / log-scale parametrization is no better (kodim05 210-step fit: 26.03 dB
+  at 12.7 bits vs Cholesky 25.79 at 11.6 and 26.46 at 14.6; worse on the 1800-step kodim01 fit).
   Measured and not kept (900 steps, decoded at 1 bpp, 25.43 dB without the final search): oversampling
   1.2 / 1.5 (25.36 / 25.26 dB); training with uniform noise of half / one quantizer step on positions
   and covariances (25.41 / 25.22); straight-through positions for the last 10% of the steps at a
   0.1 / 0.03 px learning rate (25.23 / 25.15). Earlier (300-600 steps): densification from 60% of the
   Gaussians (``grow_from=0.6``), clipping the Cholesky range to percentiles, quantizing ``l2 / l3``
-  instead of ``l2`` (heavy tails); a rotation-scale parametrization ``(log s1, log s2, angle)`` quantized
-  to the same entropy as the Cholesky factors gives about the same PSNR (5/5/5 bits: 26.03 dB at 12.7
-  bits per Gaussian; Cholesky 5 bits 25.79 dB at 11.6, 6 bits 26.46 at 14.6; 1700 Gaussians, float
-  fit 26.75 dB).
+  instead of ``l2`` (heavy tails).
 
 Decoding (:func:`decode_image`) reads only integers and the float64 constants stored in the header,
 checks every count and shape against the metadata (``SceneFileError`` otherwise), and dequantizes
@@ -112,6 +121,7 @@ MAX_SIDE = 1 << 16
 MAX_GAUSSIANS = 1 << 24
 MAX_FRAC_BITS = 4
 MAX_STEP_Q = 60  # colour step down to 2**-15
+LAYOUT = 2  # of the code stream: 2 quantizes sign(l2) sqrt|l2| (layout 1, unmarked, quantized l2)
 CHOL_RANGE_UNIT = 64  # the Cholesky quantizer range is stored in units of 1/64 (integers in the header)
 _S3, _S2, _S6 = math.sqrt(3.0), math.sqrt(2.0), math.sqrt(6.0)
 COLOR_BASIS = (  # orthonormal rows: luma, two chroma differences (float64 constants)
@@ -317,9 +327,29 @@ def chol_quantizer(chol_range: np.ndarray, bits: int) -> UniformQuantizer:
     return UniformQuantizer(torch.from_numpy(r[0]), torch.from_numpy(r[1]), bits=bits, mode="ste")
 
 
+def chol_domain(chol_raw: Tensor) -> Tensor:  # [N, 3] -> [N, 3]
+    """The coordinates the Cholesky quantizer is uniform in: ``(log l1, sign(l2) sqrt|l2|, log l3)``
+    (module docstring: the off-diagonal entry grows heavy tails in long fits)."""
+    l2 = chol_raw[:, 1]
+    return torch.stack([chol_raw[:, 0], torch.sign(l2) * l2.abs().sqrt(), chol_raw[:, 2]], -1)
+
+
+def chol_from_domain(u: Any) -> Any:  # [N, 3] (numpy float64 or torch) -> chol_raw
+    """Inverse of :func:`chol_domain`: ``l2 = u |u|`` (one multiplication: exact in float64)."""
+    out = u.copy() if isinstance(u, np.ndarray) else u.clone()
+    out[:, 1] = u[:, 1] * abs(u[:, 1])
+    return out
+
+
+def quantize_chol(chol_raw: Tensor, chol_range: np.ndarray, bits: int) -> Tensor:  # [N, 3] -> [N, 3]
+    """``chol_raw`` on the decoded grid (what a file at ``chol_range`` and ``bits`` decodes to), no gradient."""
+    with torch.no_grad():
+        return chol_from_domain(chol_quantizer(chol_range, bits)(chol_domain(chol_raw.detach()))).to(chol_raw.dtype)
+
+
 def make_chol_range(chol_raw: Tensor) -> np.ndarray:  # [N, 3] -> [2, 3] int64
-    """Per-channel range of ``chol_raw`` rounded outwards to multiples of 1/CHOL_RANGE_UNIT."""
-    x = chol_raw.detach().cpu().to(torch.float64).numpy()
+    """Per-channel range of :func:`chol_domain` of ``chol_raw``, rounded outwards to multiples of 1/CHOL_RANGE_UNIT."""
+    x = chol_domain(chol_raw.detach().cpu().to(torch.float64)).numpy()
     lo = np.floor(x.min(0) * CHOL_RANGE_UNIT).astype(np.int64)
     hi = np.maximum(np.ceil(x.max(0) * CHOL_RANGE_UNIT).astype(np.int64), lo + 1)
     return np.stack([lo, hi])
@@ -330,7 +360,7 @@ def quantize_model(model: ImageGaussians, quant: QuantConfig, chol_range: np.nda
     q_pos = quantize_positions(model.means, model.width, model.height, quant.pos_frac_bits)
     order = morton_order(np.stack([q_pos[:, 0], q_pos[:, 1], np.zeros_like(q_pos[:, 0])], -1))
     chol_q = chol_quantizer(chol_range, quant.chol_bits)
-    q_chol = chol_q.quantize(model.chol_raw.detach().cpu()).numpy().astype(np.uint8)
+    q_chol = chol_q.quantize(chol_domain(model.chol_raw.detach().cpu())).numpy().astype(np.uint8)
     q_color = quantize_colors(model.colors, quant.color_step)
     return ImageCode(
         model.width, model.height, quant.pos_frac_bits, quant.chol_bits, quant.color_step_q,
@@ -423,7 +453,7 @@ def code_to_params(code: ImageCode) -> tuple[Tensor, Tensor, Tensor]:
     levels = float((1 << code.chol_bits) - 1)
     r = code.chol_range.astype(np.float64) / CHOL_RANGE_UNIT
     lo, hi = r[0][None, :], r[1][None, :]
-    chol_raw = (lo + code.q_chol.astype(np.float64) * ((hi - lo) / levels)).astype(np.float32)
+    chol_raw = chol_from_domain(lo + code.q_chol.astype(np.float64) * ((hi - lo) / levels)).astype(np.float32)
     colors = dequantize_colors(code.q_color, color_step_from_q(code.color_step_q))
     return torch.from_numpy(means), torch.from_numpy(chol_raw), torch.from_numpy(colors)
 
@@ -629,7 +659,7 @@ def pack_code(code: ImageCode) -> bytes:
     if d.size and int(d.min()) < 0:
         raise ValueError("q_pos must be sorted by 2D Morton code (quantize_model does that)")
     exps, packed, _ = split_deltas(d)
-    head = [code.width, code.height, code.n, code.pos_frac_bits, code.chol_bits, code.color_step_q]
+    head = [0, LAYOUT, code.width, code.height, code.n, code.pos_frac_bits, code.chol_bits, code.color_step_q]
     head += [_zz(int(v)) for v in np.asarray(code.chol_range).reshape(-1)]
     parts = [entropy.encode_varints(np.array(head, dtype=np.int64))]
     if code.n:
@@ -643,6 +673,12 @@ def pack_code(code: ImageCode) -> bytes:
 def unpack_code(data: bytes, what: str) -> ImageCode:
     """Inverse of :func:`pack_code`; checks every count, range and length (SceneFileError, prefixed ``what``)."""
     r = _Reader(bytes(data), what)
+    if not data or data[0] != 0:  # layout 1 began with the width (>= 1), so its first byte is never 0
+        r.fail("image stream of layout 1 (written before 2026-12-06) or not an image stream: this scenezip reads "
+               f"layout {LAYOUT} only")  # fmt: skip
+    zero, layout = r.varints(2, "layout")
+    if layout != LAYOUT:
+        r.fail(f"image stream layout {layout}: this scenezip reads layout {LAYOUT} only")
     width, height, n, frac, chol_bits, step_q = r.varints(6, "size and settings")
     chol_range = np.array([_unzz(v) for v in r.varints(6, "Cholesky range")], dtype=np.int64).reshape(2, 3)
     for name, v, lo, hi in (("width", width, 1, MAX_SIDE), ("height", height, 1, MAX_SIDE),
@@ -896,14 +932,13 @@ def encode_image(
         log.append(f"refit after pruning: {refit_steps} steps, {p_re:.2f} dB")
     # 5. quantize and freeze the Cholesky factors; positions and colours adapt to them in float
     chol_q = make_chol_range(model.chol_raw)
-    cq = chol_quantizer(chol_q, quant.chol_bits)
     rounds = max(1, min(freeze_rounds, frozen_steps))
     if rounds > 1:  # freeze the most important Gaussians' covariances first; the rest still adapt
         rank = torch.empty(model.n, dtype=torch.long)
         rank[torch.argsort(model.importance(), descending=True, stable=True)] = torch.arange(model.n)
         for r in range(1, rounds):
             frozen = (rank < model.n * r // rounds)[:, None]
-            fixed = cq(model.chol_raw.detach())
+            fixed = quantize_chol(model.chol_raw, chol_q, quant.chol_bits)
 
             def freeze(p: Params, frozen: Tensor = frozen, fixed: Tensor = fixed) -> Params:
                 return p[0], torch.where(frozen, fixed, p[1]), p[2]
@@ -917,7 +952,7 @@ def encode_image(
         log.append(f"covariances frozen in {rounds} rounds: {frozen_steps * (rounds - 1) // rounds} steps")
         frozen_steps -= frozen_steps * (rounds - 1) // rounds
     with torch.no_grad():
-        model.chol_raw.copy_(cq(model.chol_raw))
+        model.chol_raw.copy_(quantize_chol(model.chol_raw, chol_q, quant.chol_bits))
     if frozen_steps > 0:
         p_fz = fit(model, target_img, replace(fcfg, steps=frozen_steps, lr_chol=0.0), progress=progress,
                    desc=f"fit around {quant.chol_bits}-bit covariances")  # fmt: skip

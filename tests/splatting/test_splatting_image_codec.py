@@ -33,6 +33,7 @@ from scenezip.splatting.image_codec import (
 from scenezip.quant.entropy import decode_varints, encode_varints
 from scenezip.splatting.image_gaussians import (
     FitConfig,
+    ImageGaussians,
     detail_map,
     fit,
     init_from_image,
@@ -127,9 +128,10 @@ def _write(dst, data: bytes, method="image", metadata=None, extra=None):
 
 
 def _with_head(data: bytes, index: int, value: int) -> bytes:
-    """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step) set to ``value``."""
-    head, pos = decode_varints(data, 0, 12)
-    head[index] = value
+    """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step; after the two
+    layout varints) set to ``value``."""
+    head, pos = decode_varints(data, 0, 14)
+    head[2 + index] = value
     return encode_varints(head) + data[pos:]
 
 
@@ -158,6 +160,10 @@ def test_decoder_checks_counts_and_shapes(encoded, tmp_path):
         read_code(_write(tmp_path / "w.scz", _with_head(_with_head(data, 0, 1), 1, 1)))
     with pytest.raises(SceneFileError, match="not an image"):
         read_code(_write(tmp_path / "x.scz", data, method="3dgs"))
+    with pytest.raises(SceneFileError, match="layout 1"):  # the unmarked layout before 2026-12-06
+        read_code(_write(tmp_path / "l1.scz", data[2:]))
+    with pytest.raises(SceneFileError, match="layout 3"):
+        read_code(_write(tmp_path / "l3.scz", b"\x00\x03" + data[2:]))
     with pytest.raises(SceneFileError, match="exactly one stream"):
         read_code(_write(tmp_path / "y.scz", data, extra={"more": (np.zeros(3, np.uint8), "raw")}))
     with pytest.raises(SceneFileError, match="metadata"):
@@ -232,14 +238,14 @@ def test_fit_grows_to_the_requested_count_and_helps():
 def test_fit_with_frozen_quantized_covariances_moves_only_positions_and_colours():
     """The encoder's last fitting stage: Cholesky factors on the decoded grid and a zero learning rate
     stay bit-identical (the scale clamp must not move them) while positions and colours improve the fit."""
-    from scenezip.splatting.image_codec import chol_quantizer
+    from scenezip.splatting.image_codec import quantize_chol
 
     img = torch.from_numpy(synthetic_image(20, 24, seed=4).astype(np.float32) / 255.0)
     model = init_from_image(img, 30, seed=0)
     fit(model, img, FitConfig(steps=20), progress=False)
     cr = make_chol_range(model.chol_raw)
     with torch.no_grad():
-        model.chol_raw.copy_(chol_quantizer(cr, 4)(model.chol_raw))
+        model.chol_raw.copy_(quantize_chol(model.chol_raw, cr, 4))
     chol0, means0 = model.chol_raw.detach().clone(), model.means.detach().clone()
     with torch.no_grad():
         before = psnr_of(model.render(), img)
@@ -263,7 +269,7 @@ def test_pack_round_trip_both_table_kinds():
     code = ImageCode(50, 40, 2, 6, 22, np.array([[-64, -5, -64], [200, 7, 190]]), q[order], chol.astype(np.uint8), color)
     data = pack_code(code)
     assert unpack_code(data, "t").equals(code)
-    assert data[0] == 50 and len(data) < n * (18 + 18 + 12) / 8  # entropy coded, well under raw bits
+    assert data[:3] == bytes([0, 2, 50]) and len(data) < n * (18 + 18 + 12) / 8  # layout, width; well under raw bits
     empty = ImageCode(5, 4, 2, 6, 22, code.chol_range, q[:0], chol[:0].astype(np.uint8), color[:0])
     assert unpack_code(pack_code(empty), "t").equals(empty)
 
@@ -291,3 +297,27 @@ def test_round_colors_beats_rounding_to_nearest():
     assert mse(out) < 0.8 * mse(code)
     # the result is a valid code: it packs and unpacks to the same integers
     assert unpack_code(pack_code(out), "test").equals(out)
+
+
+def test_frozen_covariances_are_the_decoded_ones():
+    """What the encoder freezes (:func:`quantize_chol`) is what the file decodes to, off-diagonal
+    companding included (``l2 = u |u|``), and the companded grid is finer near ``l2 = 0``."""
+    from scenezip.splatting.image_codec import code_to_params, quantize_chol
+
+    gen = torch.Generator().manual_seed(5)
+    n = 200
+    cells = torch.randperm(128 * 128, generator=gen)[:n]  # distinct points of the 0.25 px grid of 32x32
+    means = torch.stack([cells % 128, cells // 128], -1).to(torch.float32) / 4
+    chol_raw = torch.stack([torch.randn(n, generator=gen), torch.randn(n, generator=gen) * 6,
+                            torch.randn(n, generator=gen)], -1)  # fmt: skip
+    model = ImageGaussians(means, chol_raw, torch.rand(n, 3, generator=gen), 32, 32)
+    quant = QuantConfig(pos_frac_bits=2, chol_bits=5, color_step_q=22)
+    cr = make_chol_range(model.chol_raw)
+    frozen = quantize_chol(model.chol_raw, cr, quant.chol_bits)
+    dec_means, dec_chol, _ = code_to_params(quantize_model(model, quant, cr))
+    by_cell = {int(c): i for i, c in enumerate(cells)}  # the file stores Morton order: match by position
+    idx = [by_cell[int(x * 4) + 128 * int(y * 4)] for x, y in dec_means.tolist()]
+    torch.testing.assert_close(dec_chol, frozen[idx], atol=1e-6, rtol=1e-6)
+    levels = np.unique(frozen[:, 1].numpy())
+    steps, mid = np.diff(levels), np.abs(levels[1:] + levels[:-1]) / 2
+    assert (mid < 1).any() and (mid > 8).any() and steps[mid < 1].max() < steps[mid > 8].min()
