@@ -1,6 +1,7 @@
 """Rate-distortion of the ``image`` codec against JPEG and WebP (Pillow) on Kodak, same run, same images.
 
-Writes ``benchmarks/results/<name>.{json,md,png}`` (``--name``, default ``rd_image``): bits per pixel
+Writes ``benchmarks/results/<name>.{json,md,png}`` (``--name``, default ``rd_image``; the markdown ends
+with ``<name>.notes.md``, hand-written notes kept across reruns, when that file exists): bits per pixel
 (whole file) against PSNR and MS-SSIM for every codec and image, Bjontegaard delta rate (BD-rate) of scenezip against each anchor,
 encode time and file-to-pixels decode time (best of three after a warm-up; ``--device cuda --backend
 triton`` times the Triton kernel on a GPU). Written by hand: BD-rate interpolates log-rate as a
@@ -214,7 +215,7 @@ def main(args: Args) -> None:
         "jpeg_qualities": args.jpeg_qualities, "webp_qualities": args.webp_qualities,
         "metrics": "PSNR and MS-SSIM (scenezip.render.metrics) on 8-bit decoded RGB",
         "bd_rate": "Bjontegaard, PCHIP of log-rate over PSNR / MS-SSIM, overlapping range, percent",
-        "decode_s": "file to pixels (read, entropy decode, render, 8-bit rounding) on CPU",
+        "decode_s": "file to pixels (read, entropy decode, render, 8-bit rounding), best of 3 after a warm-up, on decode_device",
         "command": "OMP_NUM_THREADS=1 python3 benchmarks/rd_image.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
     (args.out / f"{args.name}.json").write_text(json.dumps({"protocol": protocol, "bd_rate": bd, "rows": rows}, indent=2))
@@ -242,6 +243,9 @@ def main(args: Args) -> None:
             if ours:
                 lines.append(f"- {name} at {ours[0]['bpp']:.3f} bpp: {ours[0]['psnr']:.2f} dB here "
                              f"(GaussianImage Kodak mean at {ref_bpp} bpp: {ref_psnr} dB)")  # fmt: skip
+    notes = args.out / f"{args.name}.notes.md"  # hand-written notes on the rows, kept across reruns
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.out / f"{args.name}.png", f"Kodak {', '.join(args.images)} at {protocol['resolution']}")
     print(json.dumps(bd, indent=1))
