@@ -676,7 +676,7 @@ def unpack_code(data: bytes, what: str) -> ImageCode:
     if not data or data[0] != 0:  # layout 1 began with the width (>= 1), so its first byte is never 0
         r.fail("image stream of layout 1 (written before 2026-12-06) or not an image stream: this scenezip reads "
                f"layout {LAYOUT} only")  # fmt: skip
-    zero, layout = r.varints(2, "layout")
+    _, layout = r.varints(2, "layout")
     if layout != LAYOUT:
         r.fail(f"image stream layout {layout}: this scenezip reads layout {LAYOUT} only")
     width, height, n, frac, chol_bits, step_q = r.varints(6, "size and settings")
@@ -826,7 +826,7 @@ def _final_grid(quant: QuantConfig) -> list[QuantConfig]:
             for f in fracs for dq in (-4, -2, 0, 2, 4) if 0 <= quant.color_step_q + dq <= MAX_STEP_Q]  # fmt: skip
 
 
-def _fit_rounded(model: ImageGaussians, order: Tensor, quant: QuantConfig, chol_q: np.ndarray, img: Tensor,
+def _rounded_code(model: ImageGaussians, order: Tensor, quant: QuantConfig, chol_q: np.ndarray, img: Tensor,
                  target: int, sizer: _Sizer) -> tuple[ImageCode, int]:  # fmt: skip
     """The code of ``model`` at ``quant`` with error-feedback rounded colours (:func:`round_colors`) that
     fits ``target`` bytes: the most important Gaussians (``order``) the nearest-rounded code allows,
@@ -962,10 +962,10 @@ def encode_image(
     order = torch.argsort(model.importance(), descending=True, stable=True)
     final = []
     for cand in _final_grid(quant) if search else [quant]:
-        code, size = _fit_rounded(model, order, cand, chol_q, target_img, target, sizer)
+        code, size = _rounded_code(model, order, cand, chol_q, target_img, target, sizer)
         while size < (1 - tolerance) * target and code.n == model.n and cand.color_step_q < MAX_STEP_Q:
             cand = replace(cand, color_step_q=cand.color_step_q + 2)
-            code, size = _fit_rounded(model, order, cand, chol_q, target_img, target, sizer)
+            code, size = _rounded_code(model, order, cand, chol_q, target_img, target, sizer)
             log.append(f"under target with every Gaussian: colour step {cand.color_step:.5f}")
         final.append((_decoded_psnr(model, code, target_img), cand, code))
     final.sort(key=lambda t: -t[0])
