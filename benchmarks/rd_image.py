@@ -12,7 +12,7 @@ is drawn with Pillow (matplotlib is not a dependency).
 CPU protocol (fitting is slow on a 2-core machine): a few images, downscaled and/or cropped, a few
 rates and steps; the JSON ``protocol`` states what was run. Example::
 
-    OMP_NUM_THREADS=1 python3 benchmarks/rd_image.py --images kodim03 kodim05 --downscale 3 --steps 900 --name rd_image_s900
+    OMP_NUM_THREADS=1 python3 benchmarks/rd_image.py --images kodim03 kodim05 --downscale 3 --steps 1800 --name rd_image_s1800
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Args:
     """Centre crop to this square size after downscaling (0: no crop; MS-SSIM needs >= 161)."""
     bpps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     """Target bits per pixel of scenezip."""
-    steps: int = 900
+    steps: int = 1800
     """Fitting steps per scenezip encode (the encoder's default)."""
     jpeg_qualities: list[int] = field(default_factory=lambda: [10, 20, 35, 50, 70, 85, 92])
     """JPEG qualities (Pillow)."""

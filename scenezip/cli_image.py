@@ -38,11 +38,12 @@ class ImageEncodeArgs:
     """The .scz file to write."""
     bpp: float = 0.5
     """Target bits per pixel of the whole file (header included); met within 10%."""
-    steps: int = 900
+    steps: int = 1800
     """Optimization steps: half a float fit, a quarter refitting the Gaussians kept after pruning, a quarter
-    fitting positions and colours around the quantized covariances. kodim05 at 256x170 and 1 bpp decodes
-    to 25.61 dB after 900 steps (24.88 dB with the previous 300-step encoder); about 70 s per 256x170
-    image on one CPU thread, roughly proportional to steps x pixels."""
+    fitting positions and colours around the quantized covariances. More steps give better files: kodim05 at
+    256x170 and 1 bpp decodes to 25.76 dB after 900 steps and 25.94 after 1800 (24.88 with the 300-step
+    encoder before 2026-12-06). About 100-150 s per 256x170 image on one CPU thread at 1800 steps, roughly
+    proportional to steps x pixels."""
     pos_frac_bits: int = 2
     """Positions are stored on a grid of 2**-pos_frac_bits pixels (0..4); the encoder also tries one bit less and more
     (twice: after the first fit, and again once the covariances are quantized)."""

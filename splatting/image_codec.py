@@ -845,7 +845,7 @@ def encode_image(
     img: Any,  # [H, W, 3] uint8 (numpy or torch)
     bpp: float,
     path: str | os.PathLike,
-    steps: int = 900,
+    steps: int = 1800,
     quant: QuantConfig | None = None,
     fit_config: FitConfig | None = None,
     oversample: float = 1.0,
