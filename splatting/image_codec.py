@@ -798,7 +798,7 @@ def _prune_to(model: ImageGaussians, order: Tensor, quant: QuantConfig, chol_q: 
     return lo, s_lo
 
 
-def _decoded_psnr(model: ImageGaussians, code: ImageCode, img: Tensor) -> float:
+def _decoded_psnr(code: ImageCode, img: Tensor) -> float:
     """PSNR (dB) of the 8-bit decode of ``code`` against ``img`` ``[H, W, 3]``."""
     dec = torch.from_numpy(render_code(code).astype(np.float32) / 255.0)
     mse = float(torch.mean((dec - img) ** 2))
@@ -920,10 +920,10 @@ def encode_image(
             cand = replace(cand, color_step_q=cand.color_step_q + 2)
             k, size = _prune_to(model, order, cand, chol_q, target, sizer)
         code = quantize_model(model.keep(order[:k]), cand, chol_q)
-        scored.append((_decoded_psnr(model, code, target_img), cand, k, size, code))
+        scored.append((_decoded_psnr(code, target_img), cand, k, size, code))
     scored.sort(key=lambda t: -t[0])
     if len(scored) > 1:  # the final rounding favours other settings: re-score the top few with it
-        scored = sorted(((_decoded_psnr(model, round_colors(t[4], target_img), target_img),) + t[1:]
+        scored = sorted(((_decoded_psnr(round_colors(t[4], target_img), target_img),) + t[1:]
                          for t in scored[:rescore]), key=lambda t: -t[0])  # fmt: skip
     _, quant, k, size, _ = scored[0]
     model = model.keep(order[:k])
@@ -952,8 +952,9 @@ def encode_image(
                 desc=f"freeze covariances {r}/{rounds}")  # fmt: skip
             with torch.no_grad():
                 model.chol_raw.copy_(torch.where(frozen, fixed, model.chol_raw))
-        log.append(f"covariances frozen in {rounds} rounds: {frozen_steps * (rounds - 1) // rounds} steps")
-        frozen_steps -= frozen_steps * (rounds - 1) // rounds
+        round_steps = frozen_steps * (rounds - 1) // rounds
+        log.append(f"covariances frozen in {rounds} rounds: {round_steps} steps")
+        frozen_steps -= round_steps
     with torch.no_grad():
         model.chol_raw.copy_(quantize_chol(model.chol_raw, chol_q, quant.chol_bits))
     if frozen_steps > 0:
@@ -970,7 +971,7 @@ def encode_image(
             cand = replace(cand, color_step_q=cand.color_step_q + 2)
             code, size = _rounded_code(model, order, cand, chol_q, target_img, target, sizer)
             log.append(f"under target with every Gaussian: colour step {cand.color_step:.5f}")
-        final.append((_decoded_psnr(model, code, target_img), cand, code))
+        final.append((_decoded_psnr(code, target_img), cand, code))
     final.sort(key=lambda t: -t[0])
     psnr, quant, code = final[0]
     log.append(f"final settings {quant}: {code.n} Gaussians, decoded {psnr:.2f} dB")
