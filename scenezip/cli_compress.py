@@ -87,29 +87,6 @@ def _stored_scene_meta(source: Path) -> dict:
     return {}
 
 
-def _view_guidance(model, ds, prune_weight: float, args: CompressArgs) -> tuple:
-    """``(model, weights, origins)`` for a 3dgs ``model`` and the capture ``ds``: the model without its
-    least-contributing Gaussians (``prune_weight``), their blend weights in the training views and the
-    training camera centres (None where not asked for)."""
-    import torch
-
-    from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
-
-    if ds is None or not (prune_weight > 0 or args.distill_from_views):
-        return model, None, None
-    train = ds.indices("train")
-    w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in train], backend=args.backend, progress=args.progress)
-    if prune_weight > 0:
-        keep = weight_budget_keep(w, prune_weight)
-        print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {float(w[~keep].sum() / w.sum()):.2%} "
-              f"of the training views' blend weight")  # fmt: skip
-        model = model.subset(keep)
-        w = w[keep]
-    if not args.distill_from_views:
-        return model, None, None
-    return model, w.float(), ds.cameras.centers[torch.as_tensor(train)].float()
-
-
 def compress_scene(args: CompressArgs) -> dict:
     """Do the work of ``scenezip compress``; returns a report (counts, sizes, distillation error)."""
     import tempfile
@@ -117,7 +94,7 @@ def compress_scene(args: CompressArgs) -> dict:
     from scenezip.scene import scene_metadata
     from scenezip.scenes.scz import write_scz
     from scenezip.splatting.c3dgs import C3DGSModel
-    from scenezip.splatting.compress import auto_color_config, gaussians_to_c3dgs, load_trained
+    from scenezip.splatting.compress import auto_color_config, gaussians_to_c3dgs, load_trained, view_guidance
     from scenezip.splatting.config import C3DGSConfig, DensifyConfig
     from scenezip.splatting.gaussians import GaussianModel
 
@@ -142,7 +119,8 @@ def compress_scene(args: CompressArgs) -> dict:
         if args.source.is_file() and args.source.suffix.lower() == ".ply":
             in_bytes = args.source.stat().st_size
         report.update(n_input=len(model), input_bytes=in_bytes)
-        model, weights, origins = _view_guidance(model, ds, prune_weight, args)
+        model, weights, origins = view_guidance(model, ds, prune_weight, args.distill_from_views, args.backend,
+                                                args.progress)  # fmt: skip
         if prune_weight > 0:
             report["n_after_weight_prune"] = len(model)
         cfg = auto_color_config(len(model), log2_hashmap_size=args.color_log2_hashmap_size, color_dc=args.color_dc)
@@ -158,7 +136,8 @@ def compress_scene(args: CompressArgs) -> dict:
             from scenezip.splatting.trainer import train
 
             config = C3DGSConfig(
-                data=args.data, steps=args.steps, downscale=args.downscale, densify=DensifyConfig(enabled=False),
+                data=args.data, recipe="joint", steps=args.steps, downscale=args.downscale,
+                densify=DensifyConfig(enabled=False),
                 lr_means=1.6e-5, rvq_start=15_000, checkpoint_every=0, keep_checkpoints=1, backend=args.backend,
                 seed=args.seed, progress=args.progress, hash_zero_threshold=args.hash_zero_threshold,
                 hash_rate_lambda=args.finetune_hash_rate_lambda,

@@ -258,6 +258,8 @@ class C2DGSConfig(C3DGSConfig):
 
     out: Path = Path("runs/c2dgs")
     """Output folder: checkpoints ckpt_XXXXX.pt, the final model.pt, scene.scz and metrics.json."""
+    recipe: Literal["joint"] = "joint"
+    """c2dgs trains mask, colour field and R-VQ jointly (the distill recipe is c3dgs's)."""
     lr_quats: float = 1e-2
     """Learning rate of the quaternions; a surfel's rotation is its normal and must turn where a 3D Gaussian can
     flatten by its scales instead (as 2dgs: 1e-3 left normals at 44 degrees after 300 steps, 1e-2 at 31)."""

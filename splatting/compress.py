@@ -22,12 +22,17 @@ it:
    default (``scenezip compress --finetune-hash-rate-lambda``).
 
 Everything is then coded by :meth:`~scenezip.splatting.c3dgs.C3DGSModel.to_streams`.
+
+:func:`train_distilled` is the ``c3dgs`` training recipe ``distill``: the 3dgs loop with SH colours, then
+this conversion guided by the capture's training views (:func:`view_guidance`), written as a c3dgs run.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +253,99 @@ def gaussians_to_c3dgs(
     model.use_rvq = True
     return model, {"n_input": n0, "n_kept": len(kept), "distill_rms": rms,
                    "color_log2_hashmap_size": cfg.log2_hashmap_size}  # fmt: skip
+
+
+def view_guidance(model: GaussianModel, ds: Any, prune_weight: float, from_views: bool, backend: str = "auto",
+                  progress: bool = True) -> tuple[GaussianModel, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """``(model, weights, origins)`` for a 3dgs ``model`` and the capture ``ds``: the model without the
+    Gaussians holding the smallest ``prune_weight`` share of the training views' blend weight, the kept
+    Gaussians' blend weights and the training camera centres (None unless ``from_views``)."""
+    from scenezip.splatting.importance import gaussian_blend_weights, weight_budget_keep
+
+    if ds is None or not (prune_weight > 0 or from_views):
+        return model, None, None
+    train_ids = ds.indices("train")
+    w = gaussian_blend_weights(model, [ds.cameras[int(i)] for i in train_ids], backend=backend, progress=progress)
+    if prune_weight > 0:
+        keep = weight_budget_keep(w, prune_weight)
+        share = float(w[~keep].sum() / w.sum())
+        print(f"pruned {int((~keep).sum()):,} of {len(model):,} Gaussians holding {share:.2%} of the training views' "
+              "blend weight")  # fmt: skip
+        model = model.subset(keep)
+        w = w[keep]
+    if not from_views:
+        return model, None, None
+    return model, w.float(), ds.cameras.centers[torch.as_tensor(train_ids)].float()
+
+
+SH_STAGE_DIR = "sh"  # recipe distill: the SH stage's run folder inside the c3dgs run folder
+
+
+def sh_stage_config(config: Any) -> Any:
+    """The 3dgs :class:`~scenezip.splatting.config.TrainConfig` of a distill run's SH stage: every shared option
+    of ``config`` (a :class:`~scenezip.splatting.config.C3DGSConfig`), the SH ones, and ``out/sh``."""
+    from scenezip.splatting.config import GaussianTrainConfig, TrainConfig
+
+    shared = {f.name: getattr(config, f.name) for f in fields(GaussianTrainConfig)}
+    shared["out"] = Path(config.out) / SH_STAGE_DIR
+    return TrainConfig(**shared, sh_degree=config.sh_degree, lr_sh0=config.lr_sh0, lr_shN=config.lr_shN)
+
+
+def train_distilled(config: Any, dataset: Any = None, on_step: Any = None) -> Any:
+    """Recipe ``distill`` of ``c3dgs``: train 3D Gaussians with SH colours (the 3dgs loop, in ``out/sh``, with
+    its checkpoints and ``resume``), then convert them as ``scenezip compress --data`` does: prune by blend
+    weight, distil the colour field on samples drawn as the training views see the scene, fit the R-VQ
+    codebooks. Writes ``model.pt``, ``config.json`` and ``metrics.json`` (of the quantized model, i.e. of the
+    file) into ``out``; returns a :class:`~scenezip.splatting.trainer.TrainResult` whose ``train_s`` counts
+    both stages."""
+    import json
+
+    from scenezip.splatting.trainer import (METRICS_FILE, TrainResult, _config_dict, _resolve_device, evaluate,
+                                            eval_settings, load_capture, train)  # fmt: skip
+
+    d = config.distill
+    if not 0.0 <= d.prune_weight < 1.0:
+        raise ScenezipError(f"distill.prune_weight must be in [0, 1), got {d.prune_weight}")
+    if d.steps < 1 or d.scale_stages < 1 or d.rot_stages < 1:
+        raise ScenezipError(f"distill.steps, scale_stages and rot_stages must be >= 1, got {d.steps}, "
+                            f"{d.scale_stages}, {d.rot_stages}")  # fmt: skip
+    if not 0 <= config.sh_degree <= 3:
+        raise ScenezipError(f"sh_degree must be in 0..3, got {config.sh_degree}")
+    if config.color_log2_hashmap_size is not None and not 8 <= config.color_log2_hashmap_size <= 24:
+        raise ScenezipError(f"color_log2_hashmap_size must be in 8..24, got {config.color_log2_hashmap_size}")
+    if config.position_bits is not None and not 1 <= config.position_bits <= 21:
+        raise ScenezipError(f"position_bits must be in 1..21, got {config.position_bits}")
+    backend, device = _resolve_device(config)
+    ds = dataset if dataset is not None else load_capture(config)
+    sh = train(sh_stage_config(config), dataset=ds, on_step=on_step)
+    t0 = time.perf_counter()
+    if config.progress:
+        print(f"SH stage done ({len(sh.model):,} Gaussians, test PSNR {sh.metrics['psnr']:.2f} dB); "
+              "converting to c3dgs")
+    model, weights, origins = view_guidance(sh.model, ds, d.prune_weight, d.from_views, backend, config.progress)
+    cfg = auto_color_config(len(model), config.color_levels, config.color_log2_hashmap_size, config.color_dc)
+    if config.color_hidden_dim is not None:
+        cfg = replace(cfg, hidden_dim=config.color_hidden_dim)
+    c3, conv = gaussians_to_c3dgs(model, cfg, d.prune_opacity, d.steps, d.scale_stages, config.rvq_codebook_size,
+                                  config.seed, config.progress, hash_rate_lambda=d.hash_rate_lambda,
+                                  color_dc=config.color_dc, rot_stages=d.rot_stages, gaussian_weights=weights,
+                                  view_origins=origins)  # fmt: skip
+    if config.position_bits is not None:
+        c3.position_bits = int(config.position_bits)
+    convert_s = time.perf_counter() - t0
+    final = c3.quantized_copy(config.hash_zero_threshold)
+    metrics = evaluate(final, ds, "test", **eval_settings(config, ds, backend))
+    train_s = sh.train_s + convert_s
+    metrics.update(n_gaussians=len(final), train_s=train_s, steps=config.steps, device=str(device), backend=backend,
+                   method="c3dgs", recipe="distill", sh_stage_psnr=sh.metrics["psnr"], sh_stage_gaussians=len(sh.model),
+                   convert_s=convert_s, n_after_weight_prune=len(model), **conv)  # fmt: skip
+    out = Path(config.out)
+    (out / "config.json").write_text(json.dumps(_config_dict(config), indent=2) + "\n")
+    model_path = c3.save(out / "model.pt")
+    metrics_path = out / METRICS_FILE
+    tmp = metrics_path.with_name(METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, metrics_path)
+    return TrainResult(out_dir=out, model_path=model_path, metrics_path=metrics_path,
+                       checkpoint_path=sh.checkpoint_path, metrics=metrics, n_gaussians=len(final),
+                       train_s=train_s, steps=config.steps, model=c3)  # fmt: skip

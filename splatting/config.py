@@ -135,73 +135,114 @@ class TrainConfig(GaussianTrainConfig):
 
 
 @dataclass
+class DistillConfig:
+    """The conversion that ends a ``c3dgs`` run of recipe ``distill`` (as ``scenezip compress --data``)."""
+
+    prune_weight: float = 0.005
+    """Drop the Gaussians that contribute least to the training views, as many as together hold at most this
+    fraction of all blend weight (0 keeps them). lego, 100 px: 0.005 -> 355 kB at 30.56 dB, 0.02 -> 312 kB at 30.47."""
+    steps: int = 1000
+    """Steps fitting the hash-grid colour field to the SH colours."""
+    from_views: bool = True
+    """Draw the distillation's samples as the training views see the scene (directions from the training cameras,
+    Gaussians in proportion to their blend weight) instead of uniformly."""
+    hash_rate_lambda: Optional[float] = None
+    """Weight of the hash table's bits per parameter against the colour error while distilling; None: 2e-4 with
+    from_views, else 1e-4 (3e-3 without color_dc)."""
+    scale_stages: int = 3
+    """R-VQ stages of the scales (lego, scales alone quantized: 6 stages 31.7 bits a Gaussian, 3 stages 16.4 bits
+    for -0.011 dB)."""
+    rot_stages: int = 3
+    """R-VQ stages of the rotations (lego: 4 stages 21.4 bits a Gaussian, 3 stages 16.2 bits for -0.008 dB more)."""
+    prune_opacity: float = 0.005
+    """Drop Gaussians with opacity below this before converting."""
+
+
+@dataclass
 class C3DGSConfig(GaussianTrainConfig):
-    """Train Compact-3DGS (Lee et al. 2024): 3D Gaussians with a learned mask, a hash-grid colour field and
-    residual VQ of scale and rotation, then code them into a compact .scz file."""
+    """Train Compact-3DGS (Lee et al. 2024), compact 3D Gaussians with a hash-grid colour field and residual VQ
+    of scale and rotation, and code them into a compact .scz file. Recipe distill (default) trains 3D Gaussians
+    with SH colours, then prunes by blend weight and distils the colour field on the training views; recipe
+    joint trains mask, colour field and R-VQ together from the start, as Lee et al."""
 
     out: Path = Path("runs/c3dgs")
-    """Output folder: checkpoints ckpt_XXXXX.pt, the final model.pt, scene.scz and metrics.json."""
+    """Output folder: checkpoints ckpt_XXXXX.pt (recipe distill: those of the SH stage, in sh/), the final model.pt,
+    scene.scz and metrics.json."""
+    recipe: Literal["distill", "joint"] = "distill"
+    """distill: the 3dgs loop with SH colours, then the conversion of `distill` (lego, 100 px, 2000 steps: 26.6x
+    smaller than 3dgs at -0.25 dB); joint: Lee et al.'s joint training (19.0x at -0.76 dB). The options marked
+    (joint) apply to joint only, those of `distill` and sh_degree / lr_shN to distill only."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Recipe distill: the conversion after the SH stage."""
+    sh_degree: int = 3
+    """Recipe distill: maximum SH degree of the colours in the SH stage (0..3)."""
+    lr_shN: float = 2.5e-3 / 20
+    """Recipe distill: learning rate of the higher-order SH coefficients in the SH stage."""
     mask_lambda: float = 5e-4
-    """Weight of the mean soft mask in the loss (Compact-3DGS: 5e-4); larger removes more Gaussians."""
+    """(joint) Weight of the mean soft mask in the loss (Compact-3DGS: 5e-4); larger removes more Gaussians."""
     lr_masks: float = 1e-2
-    """Learning rate of the mask logits."""
+    """(joint) Learning rate of the mask logits."""
     mask_prune_every: int = 1000
-    """After densification stops, drop masked Gaussians every this many steps (reference-run steps)."""
+    """(joint) After densification stops, drop masked Gaussians every this many steps (reference-run steps)."""
     color_log2_hashmap_size: Optional[int] = None
-    """log2 entries per level of the colour field's hash table; None: 19 for unbounded captures, 16 for object
-    captures (Blender-like, as Compact-3DGS on NeRF-synthetic) and 14 for captures under 64k pixels a view."""
+    """log2 entries per level of the colour field's hash table; None: (joint) 19 for unbounded captures, 16 for object
+    captures (Blender-like, as Compact-3DGS on NeRF-synthetic) and 14 for captures under 64k pixels a view;
+    (distill) growing with the Gaussian count, 2^10..2^19."""
     color_dc: bool = True
     """Each Gaussian keeps a base colour (a DC SH coefficient, R-VQ'd with dc_stages stages) and the colour field
     learns the view-dependent rest on top of it; off: the field learns all colour (Compact-3DGS)."""
     dc_stages: int = 3
-    """R-VQ stages of the base colours (color_dc only; codes per stage: rvq_codebook_size)."""
+    """(joint) R-VQ stages of the base colours (color_dc only; codes per stage: rvq_codebook_size)."""
     lr_sh0: float = 2.5e-3
-    """Learning rate of the base colours (color_dc only; 3DGS' DC colour rate)."""
+    """Learning rate of the base colours (joint, color_dc only) or of the DC SH coefficients (distill's SH stage)."""
     color_levels: int = 16
     """Hash-grid levels of the colour field."""
     color_view_sh_degree: int = 3
-    """SH degree of the colour field's view-direction encoding."""
+    """(joint) SH degree of the colour field's view-direction encoding."""
     color_hidden_dim: Optional[int] = None
     """Width of the colour field's two hidden layers (stored in float16); None: 64 (Compact-3DGS), 32 for captures
-    under 64k pixels a view (demo scene: MLP 14.7 -> 5.3 kB, PSNR unchanged within noise)."""
+    under 64k pixels a view (joint; demo scene: MLP 14.7 -> 5.3 kB, PSNR unchanged within noise) or under 16384
+    Gaussians (distill)."""
     lr_color_grid: float = 1e-2
-    """Learning rate of the colour field's hash table (100-step warm-up, x0.33 at 1/6, 1/2 and 5/6 of the run)."""
+    """(joint) Learning rate of the colour field's hash table (100-step warm-up, x0.33 at 1/6, 1/2 and 5/6 of the
+    run)."""
     lr_color_mlp: float = 1e-2
-    """Learning rate of the colour field's MLP (same schedule)."""
+    """(joint) Learning rate of the colour field's MLP (same schedule)."""
     rvq_start: int = 29_000
-    """Residual VQ of scale and rotation runs from this step on (reference-run steps; Compact-3DGS: 29000)."""
+    """(joint) Residual VQ of scale and rotation runs from this step on (reference-run steps; Compact-3DGS: 29000)."""
     rvq_stages: int = 6
-    """R-VQ stages."""
+    """(joint) R-VQ stages."""
     rvq_codebook_size: int = 64
     """Codes per R-VQ stage."""
     rot_stages: Optional[int] = 4
-    """R-VQ stages of the rotations (None: rvq_stages). lego, 100 px, codebooks refitted at the end: 4 stages 29.92 dB
-    in 497 kB, 5 stages 29.92 dB in 523 kB, 6 stages 29.92 dB in 549 kB."""
+    """(joint) R-VQ stages of the rotations (None: rvq_stages). lego, 100 px, codebooks refitted at the end: 4 stages
+    29.92 dB in 497 kB, 5 stages 29.92 dB in 523 kB, 6 stages 29.92 dB in 549 kB."""
     lr_codebooks: float = 1e-3
-    """Learning rate of the R-VQ codebooks."""
+    """(joint) Learning rate of the R-VQ codebooks."""
     hash_zero_threshold: float = 0.1
     """Without hash_codec: when coding, hash-table values with |v| at or below this are stored as 0 (Compact-3DGS:
     0.1). Unused with hash_codec (the table is stored as trained)."""
     hash_codec: bool = True
-    """Train the colour field's hash table through a learned entry mask and per-level learned-step quantizer
+    """(joint) Train the colour field's hash table through a learned entry mask and per-level learned-step quantizer
     (fields.hash_codec), rate-aware, and store it as trained; off: Compact-3DGS' zero-small + 8-bit table."""
     hash_rate_lambda: float = 3e-2
-    """Weight of the hash table's estimated bits per parameter in the loss (hash_codec only); larger, smaller. On the
-    demo scene: 0 -> 70 kB table (Compact-3DGS scheme) at 20.28 dB, 1e-2 -> 55 kB at 20.16 dB, 3e-2 -> 17 kB at 20.13."""
+    """(joint) Weight of the hash table's estimated bits per parameter in the loss (hash_codec only); larger, smaller.
+    On the demo scene: 0 -> 70 kB table (Compact-3DGS scheme) at 20.28 dB, 1e-2 -> 55 kB at 20.16 dB, 3e-2 -> 17 kB
+    at 20.13."""
     hash_bits: int = 8
-    """Bits of the hash table's per-level quantizer (hash_codec only)."""
+    """(joint) Bits of the hash table's per-level quantizer (hash_codec only)."""
     hash_qat_start: int = 15_000
-    """The hash table is quantized in training from this step on (reference-run steps; hash_codec only)."""
+    """(joint) The hash table is quantized in training from this step on (reference-run steps; hash_codec only)."""
     lr_hash_mask: float = 1e-2
-    """Learning rate of the hash table's entry-mask logits (hash_codec only)."""
+    """(joint) Learning rate of the hash table's entry-mask logits (hash_codec only)."""
     lr_hash_step: float = 1e-4
-    """Learning rate of the hash table's per-level quantizer steps (hash_codec only; the steps start near 1e-3, and
-    1e-3 let the rate term widen them tenfold within a short run)."""
+    """(joint) Learning rate of the hash table's per-level quantizer steps (hash_codec only; the steps start near 1e-3,
+    and 1e-3 let the rate term widen them tenfold within a short run)."""
     color_warmup: int = 100
-    """Linear warm-up of the colour field's learning rate from 1% over this many steps (actual steps, not scaled:
-    Compact-3DGS' 100; without it the young hash table diverges, measured on the demo scene)."""
+    """(joint) Linear warm-up of the colour field's learning rate from 1% over this many steps (actual steps, not
+    scaled: Compact-3DGS' 100; without it the young hash table diverges, measured on the demo scene)."""
     color_lr_decay_at: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)
-    """Fractions of the run after which the colour field's learning rate is multiplied by 0.33 (Compact-3DGS:
+    """(joint) Fractions of the run after which the colour field's learning rate is multiplied by 0.33 (Compact-3DGS:
     5k, 15k and 25k of 30k)."""
     position_bits: Optional[int] = None
     """Bits per axis of the stored positions over the kept Gaussians' bounding box (1..21); None: the fewest that

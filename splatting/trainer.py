@@ -187,6 +187,36 @@ def _check_config(config: GaussianTrainConfig) -> None:
         bad(f"init_scale must be > 0, got {config.init_scale}")
 
 
+def load_capture(config: GaussianTrainConfig) -> Dataset:
+    """The capture of ``config`` as every Gaussian trainer loads it."""
+    from scenezip.scenes.loader import load_dataset
+
+    return load_dataset(
+        config.data,
+        downscale=config.downscale,
+        test_every=config.test_every,
+        n_random_points=config.random_points,
+        seed=config.seed,
+        background=tuple(config.background) if config.background is not None else (1.0, 1.0, 1.0),
+    )
+
+
+def background_of(config: GaussianTrainConfig, ds: Dataset) -> tuple[float, float, float]:
+    """The background the run trains and evaluates on: the config's, else the capture's, else black."""
+    if config.background is not None:
+        return tuple(float(c) for c in config.background)
+    if ds.background is not None:
+        return tuple(float(c) for c in ds.background)
+    return (0.0, 0.0, 0.0)
+
+
+def eval_settings(config: GaussianTrainConfig, ds: Dataset, backend: str) -> dict[str, Any]:
+    """Keyword arguments of :func:`evaluate` for a run of ``config`` on ``ds``."""
+    return dict(background=background_of(config, ds), sh_degree=None, backend=backend,
+                rasterize_mode=config.rasterize_mode, near_plane=config.near_plane,
+                far_plane=config.far_plane)  # fmt: skip
+
+
 def _resolve_device(config: GaussianTrainConfig) -> tuple[str, torch.device]:
     backend = resolve_backend(config.backend, "gsplat")
     if config.device == "auto":
@@ -354,32 +384,22 @@ def train(
     from tqdm.auto import tqdm
 
     _check_config(config)
+    if getattr(config, "recipe", "joint") == "distill":  # c3dgs: the SH loop below, then a conversion
+        if init_model is not None:
+            raise ScenezipError("recipe distill trains from the capture's points; continue a model with recipe joint")
+        from scenezip.splatting.compress import train_distilled
+
+        return train_distilled(config, dataset, on_step)
     recipe = recipe_for(config, scaled_steps(config))
     recipe.check()
     backend, device = _resolve_device(config)
-    if dataset is None:
-        from scenezip.scenes.loader import load_dataset
-
-        dataset = load_dataset(
-            config.data,
-            downscale=config.downscale,
-            test_every=config.test_every,
-            n_random_points=config.random_points,
-            seed=config.seed,
-            background=tuple(config.background) if config.background is not None else (1.0, 1.0, 1.0),
-        )
-    ds = dataset
+    ds = dataset if dataset is not None else load_capture(config)
     train_ids = ds.indices("train")
     if len(train_ids) == 0:
         raise ScenezipError(f"{ds.root}: the capture has no training images")
     if len(ds.points) < 2:
         raise ScenezipError(f"{ds.root}: need at least 2 initial points, got {len(ds.points)}")
-    if config.background is not None:
-        bg_color = tuple(float(c) for c in config.background)
-    elif ds.background is not None:
-        bg_color = tuple(float(c) for c in ds.background)
-    else:
-        bg_color = (0.0, 0.0, 0.0)
+    bg_color = background_of(config, ds)
     out = Path(config.out)
     extent = scene_extent(ds.cameras[train_ids])
     recipe.prepare(ds)
@@ -438,7 +458,7 @@ def train(
     render_kw = dict(
         backend=backend, rasterize_mode=config.rasterize_mode, near_plane=config.near_plane, far_plane=config.far_plane
     )
-    eval_kw = dict(background=bg_color, sh_degree=None, **render_kw)
+    eval_kw = eval_settings(config, ds, backend)
     lam = config.ssim_lambda
     last_ckpt: Path | None = None
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, dynamic_ncols=True, desc=recipe.method)

@@ -1,5 +1,6 @@
-"""c3dgs training (C3DGSRecipe in the shared loop): mask pruning, the R-VQ switch, resumption, and the
-file written after training, on a tiny in-memory scene rendered from known Gaussians (torch, CPU)."""
+"""c3dgs training (C3DGSRecipe in the shared loop, recipe joint): mask pruning, the R-VQ switch, resumption,
+and the file written after training; recipe distill (the 3dgs loop, then the conversion); on a tiny in-memory
+scene rendered from known Gaussians (torch, CPU)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from scenezip.scenes.cameras import Cameras
 from scenezip.scenes.dataset import Dataset
 from scenezip.scenes.scz import decode_streams, read_scz, write_scz
 from scenezip.splatting.c3dgs import METHOD, C3DGSModel, c3dgs_from_streams
-from scenezip.splatting.config import C3DGSConfig, DensifyConfig
+from scenezip.errors import ScenezipError
+from scenezip.splatting.compress import SH_STAGE_DIR, sh_stage_config
+from scenezip.splatting.config import C3DGSConfig, DensifyConfig, DistillConfig, TrainConfig
+from scenezip.splatting.gaussians import GaussianModel
 from scenezip.splatting.trainer import checkpoint_paths, train
 
 W, H = 24, 16
@@ -66,7 +70,7 @@ def _config(out: Path, steps: int = 16, **kw) -> C3DGSConfig:
     base = dict(data=Path("memory"), out=out, steps=steps, densify=densify, backend="torch", progress=False,
                 checkpoint_every=0, seed=1, color_levels=4, color_log2_hashmap_size=8, color_view_sh_degree=1,
                 rvq_stages=2, rvq_codebook_size=8, rvq_start=12, mask_prune_every=4, hash_qat_start=8,
-                lr_masks=0.5, color_warmup=2)  # fmt: skip
+                lr_masks=0.5, color_warmup=2, recipe="joint")  # fmt: skip
     base.update(kw)
     return C3DGSConfig(**base)
 
@@ -139,3 +143,66 @@ def test_written_file_decodes_to_the_quantized_copy(scene, tmp_path, full_run, h
         model = res.model
         table = model.hash_codec.quantized_table(model.color_field.grid.params.detach())
         assert torch.equal(decoded.color_field.grid.params.detach(), table)
+
+
+def _distill_config(out: Path, **kw) -> C3DGSConfig:
+    distill = DistillConfig(steps=30, prune_weight=0.01)
+    densify = DensifyConfig(refine_start=2, refine_every=3, reset_every=1000, refine_stop=10, schedule_scale=1.0,
+                            max_gaussians=120, sh_degree_every=5)  # SH degree 1 from step 5: a view-dependent rest
+    return _config(out, recipe="distill", distill=distill, rvq_codebook_size=8, sh_degree=1, densify=densify, **kw)
+
+
+@pytest.fixture(scope="module")
+def distill_run(scene, tmp_path_factory):
+    return train(_distill_config(tmp_path_factory.mktemp("c3dgs_distill") / "run"), scene)
+
+
+def test_distill_recipe_is_the_3dgs_loop_then_the_conversion(scene, tmp_path, distill_run):
+    cfg = _distill_config(distill_run.out_dir)
+    sh_cfg = sh_stage_config(cfg)
+    assert type(sh_cfg) is TrainConfig and sh_cfg.out == distill_run.out_dir / SH_STAGE_DIR and sh_cfg.sh_degree == 1
+    # the SH stage is a plain 3dgs run: the same options train the same Gaussians bit for bit
+    plain = train(TrainConfig(**{**vars(sh_cfg), "out": tmp_path / "plain"}), scene)
+    stage = GaussianModel.from_dict(torch.load(distill_run.out_dir / SH_STAGE_DIR / "gaussians.pt", weights_only=True))
+    for k, v in plain.model.splats.items():
+        torch.testing.assert_close(stage.splats[k], v.detach(), rtol=0, atol=0, msg=k)
+    m = distill_run.metrics
+    assert m["recipe"] == "distill" and m["sh_stage_gaussians"] == len(plain.model)
+    assert m["sh_stage_psnr"] == pytest.approx(plain.metrics["psnr"], abs=1e-9)
+    # pruned by blend weight, converted: a c3dgs model with R-VQ on and fitted codebooks
+    model = distill_run.model
+    assert isinstance(model, C3DGSModel) and model.use_rvq and bool(model.scale_vq.initted)
+    assert model.scale_vq.n_stages == 3 and model.rot_vq.n_stages == 3
+    assert m["n_after_weight_prune"] < m["sh_stage_gaussians"]
+    assert len(model) == m["n_kept"] == distill_run.n_gaussians <= m["n_after_weight_prune"]
+    assert 0 < m["distill_rms"] < 0.5 and np.isfinite(m["psnr"]) and m["psnr"] > 10
+    assert distill_run.train_s >= plain.train_s * 0.5 and m["convert_s"] > 0
+    assert (distill_run.out_dir / "model.pt").is_file() and (distill_run.out_dir / "metrics.json").is_file()
+
+
+def test_distill_file_decodes_to_the_reported_quality(scene, tmp_path, distill_run):
+    from scenezip.splatting.trainer import evaluate
+
+    meta, streams = distill_run.model.to_streams()
+    write_scz(tmp_path / "d.scz", METHOD, meta, streams)
+    f = read_scz(tmp_path / "d.scz")
+    decoded = c3dgs_from_streams(decode_streams(f), f.metadata, "d.scz")
+    m = evaluate(decoded, scene, "test", background=(0.0, 0.0, 0.0), backend="torch")
+    assert m["psnr"] == pytest.approx(distill_run.metrics["psnr"], abs=1e-4)
+
+
+def test_distill_resume_of_a_finished_run_gives_the_same_model(scene, distill_run):
+    cfg = _distill_config(distill_run.out_dir, resume=True)
+    again = train(cfg, scene)
+    a, b = distill_run.model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_distill_refuses_bad_options_and_a_starting_model(scene, tmp_path, distill_run):
+    with pytest.raises(ScenezipError, match="prune_weight"):
+        train(_config(tmp_path / "a", recipe="distill", distill=DistillConfig(prune_weight=1.0)), scene)
+    with pytest.raises(ScenezipError, match="recipe joint"):
+        train(_distill_config(tmp_path / "b"), scene, init_model=distill_run.model)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
