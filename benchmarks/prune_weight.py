@@ -58,13 +58,14 @@ def write_markdown(path: Path, out: dict) -> None:
     p, rows = out["protocol"], out["rows"]
     md = [f"# prune_weight on {p['scene']}", "", f"{p['machine']}; {p['resolution'][0]}x{p['resolution'][1]} px; source "
           f"{p['source']}; weights: {p['weights']}; test: {p['test']}; compress: {p['compress']}.", "",
-          "| scale / rot stages | guided | hash rate | MLP | budget | weight dropped | Gaussians kept | float PSNR | "
-          "file PSNR | file SSIM | size (bytes) |",
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+          "| scale / rot stages | guided | hash rate | MLP | distill steps | budget | weight dropped | Gaussians kept | "
+          "float PSNR | file PSNR | file SSIM | size (bytes) |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         st = r["settings"]
         md.append(f"| {st['rvq_stages']} / {st['rot_stages']} | {'yes' if st['views'] else 'no'} | "
-                  f"{st['hash_rate_lambda'] or 'default'} | {st['hidden_dim'] or 'auto'} | {r['budget']:g} | "
+                  f"{st['hash_rate_lambda'] or 'default'} | {st['hidden_dim'] or 'auto'} | "
+                  f"{st.get('distill_steps', 1000)} | {r['budget']:g} | "
                   f"{r['weight_dropped']:.2%} | {r['n_kept']:,} / {r['n_input']:,} | {r['float_psnr']:.2f} | {r['psnr']:.2f} | "
                   f"{r['ssim']:.4f} | {r['size_bytes']:,} |")  # fmt: skip
     md += ["", "Commands:", *sorted({f"- `{r['command']}` ({r['date']})" for r in rows})]
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-views", action="store_true", help="distil uniformly (scenezip compress --no-distill-from-views)")
     ap.add_argument("--hash-rate-lambda", type=float, default=None, help="scenezip compress --hash-rate-lambda")
     ap.add_argument("--hidden-dim", type=int, default=None, help="colour MLP width (default: compress's automatic one)")
+    ap.add_argument("--distill-steps", type=int, default=1000, help="scenezip compress --distill-steps")
+    ap.add_argument("--name", default=None, help="results file stem (default: prune_weight_<scene>)")
     ap.add_argument("--test-views", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -117,8 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = auto_color_config(len(pruned))
         if args.hidden_dim is not None:
             cfg = dataclasses.replace(cfg, hidden_dim=args.hidden_dim)
-        c3, conv = gaussians_to_c3dgs(pruned, cfg, rvq_stages=args.rvq_stages, rot_stages=args.rot_stages, seed=args.seed,
-                                      progress=False, hash_rate_lambda=args.hash_rate_lambda, **guide)  # fmt: skip
+        c3, conv = gaussians_to_c3dgs(pruned, cfg, distill_steps=args.distill_steps, rvq_stages=args.rvq_stages,
+                                      rot_stages=args.rot_stages, seed=args.seed, progress=False,
+                                      hash_rate_lambda=args.hash_rate_lambda, **guide)  # fmt: skip
         meta, streams = c3.to_streams()
         with tempfile.TemporaryDirectory() as tmp:
             scz = Path(tmp) / "s.scz"
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "size_bytes": ev["size_bytes"], "stream_bytes": groups, "convert_s": time.perf_counter() - t1})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     settings = {"rvq_stages": args.rvq_stages, "rot_stages": args.rot_stages, "views": not args.no_views,
-                "hash_rate_lambda": args.hash_rate_lambda, "hidden_dim": args.hidden_dim}  # fmt: skip
+                "hash_rate_lambda": args.hash_rate_lambda, "hidden_dim": args.hidden_dim,
+                "distill_steps": args.distill_steps}  # fmt: skip
     command = "OMP_NUM_THREADS=1 python3 benchmarks/prune_weight.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for r in rows:
         r.update(settings=settings, command=command, date=date.today().isoformat())
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "colour MLP width (None: automatic)",
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"prune_weight_{root.name}.json"
+    path = RESULTS / f"{args.name or 'prune_weight_' + root.name}.json"
     if path.is_file():  # keep the rows of other settings measured on the same source
         old = json.loads(path.read_text())
         if old.get("protocol", {}).get("source") == protocol["source"]:

@@ -42,7 +42,7 @@ import torch
 from scenezip.errors import ScenezipError, SceneFileError
 from scenezip.fields.color_field import ColorFieldConfig
 from scenezip.render.sh import spherical_harmonics
-from scenezip.splatting.c3dgs import MODEL_FORMAT, C3DGSModel
+from scenezip.splatting.c3dgs import DC_STAGES, MODEL_FORMAT, C3DGSModel
 from scenezip.splatting.gaussians import FORMAT as GAUSSIANS_FORMAT
 from scenezip.splatting.gaussians import GaussianModel
 
@@ -220,6 +220,7 @@ def gaussians_to_c3dgs(
     rot_stages: int | None = CONVERT_ROT_STAGES,
     gaussian_weights: torch.Tensor | None = None,
     view_origins: torch.Tensor | None = None,
+    dc_stages: int = DC_STAGES,
 ) -> tuple[C3DGSModel, dict[str, Any]]:
     """Convert a 3dgs model to c3dgs (see the module docstring). Returns ``(model, report)`` with the
     counts before and after pruning and the distillation RMS error. ``hash_rate_lambda`` weighs the hash
@@ -227,7 +228,7 @@ def gaussians_to_c3dgs(
     Compact-3DGS' zeroing of small values; None: :data:`DISTILL_RATE_LAMBDA` (:data:`DISTILL_RATE_LAMBDA_GUIDED`
     with guided samples), or :data:`DISTILL_RATE_LAMBDA_NO_DC`
     without base colours). ``color_dc``: keep each Gaussian's DC colour (R-VQ'd) and distil
-    only the view-dependent rest into the field. ``gaussian_weights`` (``[N]``, of ``source``'s Gaussians) and
+    only the view-dependent rest into the field (``dc_stages`` R-VQ stages). ``gaussian_weights`` (``[N]``, of ``source``'s Gaussians) and
     ``view_origins`` steer the distillation's samples (:func:`distill_color_field`)."""
     if not isinstance(source, GaussianModel):
         raise ValueError(f"source must be a GaussianModel, got {type(source).__name__}")
@@ -243,7 +244,8 @@ def gaussians_to_c3dgs(
     codec = {"bits": 8, "mask_start": 0, "qat_start": distill_steps // 2} if hash_rate_lambda > 0 else None
     model = C3DGSModel.from_gaussians(kept, cfg, robust_bounds(kept.means), init_rvq=False, use_rvq=False,
                                       rvq_stages=rvq_stages, rvq_codebook_size=rvq_codebook_size, rot_stages=rot_stages,
-                                      backend="auto", seed=seed, hash_codec=codec, color_dc=color_dc)  # fmt: skip
+                                      backend="auto", seed=seed, hash_codec=codec, color_dc=color_dc,
+                                      dc_stages=dc_stages)  # fmt: skip
     if gaussian_weights is not None and tuple(gaussian_weights.shape) != (n0,):
         raise ValueError(f"gaussian_weights must have shape [{n0}], got {tuple(gaussian_weights.shape)}")
     weights = None if gaussian_weights is None else gaussian_weights.detach().cpu()[keep.cpu()]
@@ -329,7 +331,7 @@ def train_distilled(config: Any, dataset: Any = None, on_step: Any = None) -> An
     c3, conv = gaussians_to_c3dgs(model, cfg, d.prune_opacity, d.steps, d.scale_stages, config.rvq_codebook_size,
                                   config.seed, config.progress, hash_rate_lambda=d.hash_rate_lambda,
                                   color_dc=config.color_dc, rot_stages=d.rot_stages, gaussian_weights=weights,
-                                  view_origins=origins)  # fmt: skip
+                                  view_origins=origins, dc_stages=config.dc_stages)  # fmt: skip
     if config.position_bits is not None:
         c3.position_bits = int(config.position_bits)
     convert_s = time.perf_counter() - t0

@@ -192,7 +192,7 @@ class C3DGSConfig(GaussianTrainConfig):
     """Each Gaussian keeps a base colour (a DC SH coefficient, R-VQ'd with dc_stages stages) and the colour field
     learns the view-dependent rest on top of it; off: the field learns all colour (Compact-3DGS)."""
     dc_stages: int = 3
-    """(joint) R-VQ stages of the base colours (color_dc only; codes per stage: rvq_codebook_size)."""
+    """R-VQ stages of the base colours (color_dc only; codes per stage: rvq_codebook_size)."""
     lr_sh0: float = 2.5e-3
     """Learning rate of the base colours (joint, color_dc only) or of the DC SH coefficients (distill's SH stage)."""
     color_levels: int = 16

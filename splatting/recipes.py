@@ -5,8 +5,10 @@ L1 + D-SSIM, densification, checkpoints, resumption, evaluation); a *recipe* sup
 recipe is chosen from the config's type (:func:`recipe_for`), so a new Gaussian method is one class here
 and one config dataclass, not a copy of the trainer.
 
-``Gaussian3DRecipe`` (``3dgs``) is Kerbl et al. 2023. ``C3DGSRecipe`` (``c3dgs``) adds the Compact-3DGS
-recipe (Lee et al. 2024), written by hand from the paper and its published hyper-parameters:
+``Gaussian3DRecipe`` (``3dgs``) is Kerbl et al. 2023. ``C3DGSRecipe`` (``c3dgs --recipe joint``) adds the
+Compact-3DGS recipe (Lee et al. 2024), written by hand from the paper and its published hyper-parameters
+(the default ``c3dgs`` recipe, ``distill``, is the 3dgs recipe followed by a conversion:
+:func:`scenezip.splatting.compress.train_distilled`):
 
 - a mask logit per Gaussian (Adam, lr 0.01), the hard mask applied by straight-through estimation to
   scale and opacity inside :class:`~scenezip.splatting.c3dgs.C3DGSModel`, and ``mask_lambda`` times the mean

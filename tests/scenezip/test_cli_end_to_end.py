@@ -84,3 +84,20 @@ def test_corrupt_file_is_one_line_error(trained, tmp_path):
         errors = [x for x in res.stderr.splitlines() if "error" in x]
         assert "Traceback" not in res.stderr, res.stderr
         assert len(errors) == 1 and "bad CRC32" in errors[0] and "shN" in errors[0], res.stderr
+
+
+@pytest.mark.parametrize("recipe", ["distill", "joint"])
+def test_c3dgs_recipes_write_a_file_whose_eval_matches_the_run(trained, tmp_path, recipe):
+    data, _ = trained
+    out = tmp_path / recipe
+    run("train", str(data), "--method", "c3dgs", "--recipe", recipe, "--out", str(out), "--steps", "30",
+        "--random-points", "300", "--densify.max-gaussians", "600", "--distill.steps", "40", "--no-progress")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "sh" / "gaussians.pt").is_file() == (recipe == "distill")
+    assert metrics.get("recipe", "joint") == recipe
+    text = run("info", str(out / "scene.scz")).stdout
+    assert "method c3dgs" in text
+    report = tmp_path / "eval.json"
+    run("eval", str(out / "scene.scz"), str(data), "--json", str(report), "--backend", "torch")
+    # the metrics of a c3dgs run are those of its quantized model, i.e. of the file
+    assert json.loads(report.read_text())["psnr"] == pytest.approx(metrics["psnr"], abs=1e-3)
