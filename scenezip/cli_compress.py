@@ -66,7 +66,7 @@ class CompressArgs:
     hash_zero_threshold: float = 0.1
     """Only when hash_rate_lambda is 0: hash-table values with |v| at or below this are stored as 0."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
-    """Rasterizer backend for fine-tuning."""
+    """Rasterizer backend for the blend weights of --data and fine-tuning; the model is loaded onto the GPU for cuda."""
     seed: int = 0
     """Seed of distillation, k-means and fine-tuning."""
     progress: bool = True
@@ -105,7 +105,10 @@ def compress_scene(args: CompressArgs) -> dict:
     if args.prune_weight and args.data is None:
         raise ScenezipError("--prune-weight needs --data (the training views the weights are measured on)")
     prune_weight = args.prune_weight if args.prune_weight is not None else DEFAULT_PRUNE_WEIGHT if args.data else 0.0
-    model = load_trained(args.source)
+    from scenezip._backend import resolve_backend
+
+    # the model lives where the rasterizer runs: gsplat (backend cuda, or auto on a GPU) needs CUDA tensors
+    model = load_trained(args.source, device="cuda" if resolve_backend(args.backend) == "cuda" else "cpu")
     meta = _stored_scene_meta(args.source)
     report: dict = {"source": str(args.source)}
     ds = None
