@@ -108,13 +108,15 @@ def stage_parity(args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "300",
            "tests/render/test_render_rasterization.py", "tests/render/test_render_rasterization_2dgs.py",
            "tests/render/test_render_rasterization_2dgs_backward.py",
-           "tests/render/test_render_rasterization_image_triton.py", "-k", "Gsplat or gsplat or cuda or Triton or triton"]  # fmt: skip
+           "tests/render/test_render_rasterization_image_triton.py", "tests/splatting/test_splatting_gaussians.py",
+           "-k", "Gsplat or gsplat or cuda or gpu or Triton or triton"]  # fmt: skip
     t0 = time.perf_counter()
     if DEV == "cpu":
         cmd[cmd.index("-k") + 1] = "test_cuda_backend_needs_cuda_tensors"  # one quick test: the call works
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.pytest_timeout_s)
     lines = (res.stdout + res.stderr).strip().splitlines()
-    out["pytest"] = {"returncode": res.returncode, "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - t0,
+    out["pytest"] = {"returncode": res.returncode, "summary": lines[-1] if lines else "",
+                     "seconds": time.perf_counter() - t0,
                      "failures": [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))][:20]}  # fmt: skip
     # a decoded c3dgs file rendered by both backends on the capture's test views
     from scenezip.render.metrics import psnr
@@ -194,7 +196,8 @@ def stage_png(args: argparse.Namespace) -> dict[str, Any]:
                       densify=DensifyConfig(max_gaussians=args.png_max_gaussians))  # fmt: skip
     t0 = time.perf_counter()
     run = train(cfg, dataset=ds)
-    out: dict[str, Any] = {"scene": str(args.png_data), "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
+    out: dict[str, Any] = {"scene": str(args.png_data),
+                           "resolution": [int(ds.cameras.widths[0]), int(ds.cameras.heights[0])],
                            "steps": args.png_steps, "train_s": time.perf_counter() - t0}  # fmt: skip
     kw = dict(background=_background(ds), backend=GS)
     model = run.model
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pytest-timeout-s", type=float, default=240.0)
     ap.add_argument("--parity-data", type=Path, default=PREPARED / "bird", help="capture of --parity-file")
     ap.add_argument("--parity-downscale", type=int, default=8)
-    ap.add_argument("--parity-file", type=Path, default=PREPARED / "bird_c3dgs.scz", help="a c3dgs .scz of that capture")
+    ap.add_argument("--parity-file", type=Path, default=PREPARED / "bird_c3dgs.scz",
+                    help="a c3dgs .scz of that capture")
     ap.add_argument("--image-dir", type=Path, default=PREPARED / "images", help="image .scz files to time")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--png-data", type=Path, default=PREPARED / "bird")
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--png-max-gaussians", type=int, default=300_000)
     ap.add_argument("--png-distill-steps", type=int, default=1000, help="scenezip compress --distill-steps")
     ap.add_argument("--cpu-dry-run", action="store_true",
-                    help="run every stage on the CPU with the torch paths (checks this script; the figures mean nothing)")
+                    help="run every stage on the CPU with the torch paths (checks this script; its figures mean "
+                    "nothing)")
     args = ap.parse_args(argv)
     global DEV, GS, TRITON
     if args.cpu_dry_run:
