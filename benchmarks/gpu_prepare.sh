@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SCENEZIP_DATA:-../shared/data}
-mkdir -p .git/info
-for d in /.whl/ /.gpu/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # also right in a worktree, where .git is a file
+mkdir -p "$(dirname "$EXCLUDE")"
+for d in /.whl/ /.gpu/; do grep -qxF "$d" "$EXCLUDE" 2>/dev/null || echo "$d" >> "$EXCLUDE"; done
 mkdir -p .whl .gpu/images
 
 # Wheels for the device's Python 3.12 (versions pinned: two versions of one package stop the install there).
