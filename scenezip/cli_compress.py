@@ -66,7 +66,8 @@ class CompressArgs:
     hash_zero_threshold: float = 0.1
     """Only when hash_rate_lambda is 0: hash-table values with |v| at or below this are stored as 0."""
     backend: Literal["auto", "torch", "cuda"] = "auto"
-    """Rasterizer backend for the blend weights of --data and fine-tuning; the model is loaded onto the GPU for cuda."""
+    """Rasterizer backend for the blend weights of --data and for fine-tuning (cuda: the model is loaded onto
+    the GPU)."""
     seed: int = 0
     """Seed of distillation, k-means and fine-tuning."""
     progress: bool = True

@@ -227,9 +227,9 @@ def gaussians_to_c3dgs(
     table's rate term in the distillation (0: no training-time codec; the table is then coded with
     Compact-3DGS' zeroing of small values; None: :data:`DISTILL_RATE_LAMBDA` (:data:`DISTILL_RATE_LAMBDA_GUIDED`
     with guided samples), or :data:`DISTILL_RATE_LAMBDA_NO_DC`
-    without base colours). ``color_dc``: keep each Gaussian's DC colour (R-VQ'd) and distil
-    only the view-dependent rest into the field (``dc_stages`` R-VQ stages). ``gaussian_weights`` (``[N]``, of ``source``'s Gaussians) and
-    ``view_origins`` steer the distillation's samples (:func:`distill_color_field`)."""
+    without base colours). ``color_dc``: keep each Gaussian's DC colour (R-VQ'd, ``dc_stages`` stages) and
+    distil only the view-dependent rest into the field. ``gaussian_weights`` (``[N]``, of ``source``'s
+    Gaussians) and ``view_origins`` steer the distillation's samples (:func:`distill_color_field`)."""
     if not isinstance(source, GaussianModel):
         raise ValueError(f"source must be a GaussianModel, got {type(source).__name__}")
     n0 = len(source)
