@@ -34,6 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+SCENE_NOTES = {"lego": "lego is NeRF-Synthetic at half resolution, white background",
+               "bird": "bird is a COLMAP capture, 544x960, real background",
+               "fox": "fox is an instant-ngp capture, 540x960, real background"}  # fmt: skip
 METHODS = ("3dgs", "c3dgs", "c3dgs-joint", "2dgs", "c2dgs", "c3dgs-posthoc")
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [r for r in old.get("rows", []) if (r["scene"], r["method"]) not in mine] + rows
     rows.sort(key=lambda r: (r["scene"], METHODS.index(r["method"])))
     protocol = {
-        "data": "../shared/data (see its README: lego is NeRF-Synthetic at half resolution, white background)",
+        "data": "../shared/data (see its README: " + "; ".join(SCENE_NOTES.get(s, s) for s in args.scenes) + ")",
         "downscale": args.downscale, "steps": args.steps, "posthoc_finetune_steps": args.posthoc_steps,
         "max_gaussians": args.max_gaussians, "random_points": args.random_points,
         "split": f"test, {args.test_views} evenly spaced views", "metrics": "of the decoded .scz file, torch rasterizer",
