@@ -3,7 +3,7 @@
 # device machine, which has neither: Python wheels in .whl/ (gsplat, torchpq for its PngCompression, and
 # scenezip's dependencies missing from the device image), and in .gpu/ the bird capture, a small c3dgs file of it
 # and image .scz files at Kodak's full resolution. Both folders are ignored by git (.git/info/exclude) and
-# travel with `carry`. About 10 minutes on 2 CPU cores (the c3dgs run and three image encodes); reruns keep
+# travel with `carry`. About 7 minutes on 2 CPU cores (the c3dgs run and three image encodes); reruns keep
 # what exists. See the docstring of benchmarks/gpu_checks.py for the device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
