@@ -302,6 +302,7 @@ def train_distilled(config: Any, dataset: Any = None, on_step: Any = None) -> An
     both stages."""
     import json
 
+    from scenezip.splatting.recipes import C3DGSRecipe, Gaussian3DRecipe
     from scenezip.splatting.trainer import (METRICS_FILE, TrainResult, _config_dict, _resolve_device, evaluate,
                                             eval_settings, load_capture, train)  # fmt: skip
 
@@ -311,12 +312,8 @@ def train_distilled(config: Any, dataset: Any = None, on_step: Any = None) -> An
     if d.steps < 1 or d.scale_stages < 1 or d.rot_stages < 1:
         raise ScenezipError(f"distill.steps, scale_stages and rot_stages must be >= 1, got {d.steps}, "
                             f"{d.scale_stages}, {d.rot_stages}")  # fmt: skip
-    if not 0 <= config.sh_degree <= 3:
-        raise ScenezipError(f"sh_degree must be in 0..3, got {config.sh_degree}")
-    if config.color_log2_hashmap_size is not None and not 8 <= config.color_log2_hashmap_size <= 24:
-        raise ScenezipError(f"color_log2_hashmap_size must be in 8..24, got {config.color_log2_hashmap_size}")
-    if config.position_bits is not None and not 1 <= config.position_bits <= 21:
-        raise ScenezipError(f"position_bits must be in 1..21, got {config.position_bits}")
+    C3DGSRecipe(config).check()  # the options both recipes share (and the joint ones, at their values)
+    Gaussian3DRecipe(sh_stage_config(config)).check()  # the SH stage's
     backend, device = _resolve_device(config)
     ds = dataset if dataset is not None else load_capture(config)
     sh = train(sh_stage_config(config), dataset=ds, on_step=on_step)

@@ -149,7 +149,8 @@ def _distill_config(out: Path, **kw) -> C3DGSConfig:
     distill = DistillConfig(steps=30, prune_weight=0.01)
     densify = DensifyConfig(refine_start=2, refine_every=3, reset_every=1000, refine_stop=10, schedule_scale=1.0,
                             max_gaussians=120, sh_degree_every=5)  # SH degree 1 from step 5: a view-dependent rest
-    return _config(out, recipe="distill", distill=distill, rvq_codebook_size=8, sh_degree=1, densify=densify, **kw)
+    return _config(out, **{"recipe": "distill", "distill": distill, "rvq_codebook_size": 8, "sh_degree": 1,
+                            "densify": densify, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,11 @@ def test_distill_refuses_bad_options_and_a_starting_model(scene, tmp_path, disti
     with pytest.raises(ScenezipError, match="recipe joint"):
         train(_distill_config(tmp_path / "b"), scene, init_model=distill_run.model)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kw,match", [({"sh_degree": 4}, "sh_degree"), ({"position_bits": 30}, "position_bits"),
+                                      ({"color_log2_hashmap_size": 30}, "color_log2_hashmap_size")])
+def test_distill_checks_shared_and_sh_options_before_training(scene, tmp_path, kw, match):
+    with pytest.raises(ScenezipError, match=match):
+        train(_distill_config(tmp_path / "c", **kw), scene)
+    assert not (tmp_path / "c").exists()
