@@ -102,8 +102,8 @@ def _background(ds) -> tuple[float, float, float]:
 
 
 def stage_parity(args: argparse.Namespace) -> dict[str, Any]:
-    if _no_gpu():
-        return _no_gpu()
+    if skip := _no_gpu():
+        return skip
     out: dict[str, Any] = {}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "300",
            "tests/render/test_render_rasterization.py", "tests/render/test_render_rasterization_2dgs.py",
@@ -143,8 +143,8 @@ def stage_parity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stage_image(args: argparse.Namespace) -> dict[str, Any]:
-    if _no_gpu():
-        return _no_gpu()
+    if skip := _no_gpu():
+        return skip
     from scenezip.splatting.image_codec import decode_image, read_code
 
     files = sorted(args.image_dir.glob("*.scz"))
@@ -179,8 +179,8 @@ def _dir_bytes(d: Path) -> int:
 
 
 def stage_png(args: argparse.Namespace) -> dict[str, Any]:
-    if _no_gpu():
-        return _no_gpu()
+    if skip := _no_gpu():
+        return skip
     from scenezip.cli_compress import CompressArgs, compress_scene
     from scenezip.scene import load_scene
     from scenezip.splatting.config import DensifyConfig, TrainConfig

@@ -312,11 +312,12 @@ def train_distilled(config: Any, dataset: Any = None, on_step: Any = None) -> An
     if d.steps < 1 or d.scale_stages < 1 or d.rot_stages < 1:
         raise ScenezipError(f"distill.steps, scale_stages and rot_stages must be >= 1, got {d.steps}, "
                             f"{d.scale_stages}, {d.rot_stages}")  # fmt: skip
+    sh_config = sh_stage_config(config)
     C3DGSRecipe(config).check()  # the options both recipes share (and the joint ones, at their values)
-    Gaussian3DRecipe(sh_stage_config(config)).check()  # the SH stage's
+    Gaussian3DRecipe(sh_config).check()  # the SH stage's
     backend, device = _resolve_device(config)
     ds = dataset if dataset is not None else load_capture(config)
-    sh = train(sh_stage_config(config), dataset=ds, on_step=on_step)
+    sh = train(sh_config, dataset=ds, on_step=on_step)
     t0 = time.perf_counter()
     if config.progress:
         print(f"SH stage done ({len(sh.model):,} Gaussians, test PSNR {sh.metrics['psnr']:.2f} dB); "
