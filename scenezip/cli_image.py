@@ -49,8 +49,12 @@ class ImageEncodeArgs:
     (twice: after the first fit, and again once the covariances are quantized)."""
     chol_bits: int = 6
     """Bits per Cholesky channel of the covariances (1..8); the encoder also tries one bit less and more."""
-    color_step_q: int = 22
-    """Colour quantization step 2**(-color_step_q/4); the encoder also tries steps 2x finer and coarser."""
+    color_step_q: int = 18
+    """Colour quantization step 2**(-color_step_q/4) of a Gaussian of area l1 l3 = 1 px^2 (larger Gaussians get
+    finer steps, see --color-alpha-q); the encoder also tries steps 2x finer and coarser."""
+    color_alpha_q: int = 3
+    """Colour steps shrink as area**-(color_alpha_q/8) (0..16; 0: one step for every Gaussian): the colour error of a
+    large Gaussian spreads over more pixels."""
     search: bool = True
     """After the float fit, also try the neighbouring quantizer settings and keep the best at the target size."""
     seed: int = 0
@@ -143,7 +147,7 @@ def cmd_encode(args: ImageEncodeArgs) -> None:
     if not (args.bpp > 0) or args.steps < 0:
         raise ScenezipError(f"--bpp must be > 0 and --steps >= 0, got {args.bpp} and {args.steps}")
     try:
-        quant = QuantConfig(args.pos_frac_bits, args.chol_bits, args.color_step_q)
+        quant = QuantConfig(args.pos_frac_bits, args.chol_bits, args.color_step_q, args.color_alpha_q)
     except ValueError as e:
         raise ScenezipError(str(e)) from None
     img = load_image(args.input)

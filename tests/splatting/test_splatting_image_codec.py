@@ -95,7 +95,8 @@ def test_round_trip_is_bit_exact(encoded, tmp_path):
     write_code(again, code)
     assert again.read_bytes() == path.read_bytes()
     # re-quantizing the decoded float parameters gives the same integers (decode is idempotent)
-    quant = QuantConfig(code.pos_frac_bits, code.chol_bits, code.color_step_q)
+    assert code.color_alpha_q == QuantConfig().color_alpha_q > 0  # files have per-Gaussian colour steps
+    quant = QuantConfig(code.pos_frac_bits, code.chol_bits, code.color_step_q, code.color_alpha_q)
     re = quantize_model(code_to_model(code), quant, code.chol_range)
     assert re.equals(code)
     np.testing.assert_array_equal(render_code(re), a)
@@ -128,9 +129,9 @@ def _write(dst, data: bytes, method="image", metadata=None, extra=None):
 
 
 def _with_head(data: bytes, index: int, value: int) -> bytes:
-    """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step; after the two
-    layout varints) set to ``value``."""
-    head, pos = decode_varints(data, 0, 14)
+    """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step, 6 its area
+    exponent; after the two layout varints) set to ``value``."""
+    head, pos = decode_varints(data, 0, 15)
     head[2 + index] = value
     return encode_varints(head) + data[pos:]
 
@@ -162,8 +163,10 @@ def test_decoder_checks_counts_and_shapes(encoded, tmp_path):
         read_code(_write(tmp_path / "x.scz", data, method="3dgs"))
     with pytest.raises(SceneFileError, match="layout 1"):  # the unmarked layout before 2026-12-06
         read_code(_write(tmp_path / "l1.scz", data[2:]))
-    with pytest.raises(SceneFileError, match="layout 3"):
-        read_code(_write(tmp_path / "l3.scz", b"\x00\x03" + data[2:]))
+    with pytest.raises(SceneFileError, match="layout 4"):
+        read_code(_write(tmp_path / "l4.scz", b"\x00\x04" + data[2:]))
+    with pytest.raises(SceneFileError, match="color_alpha_q"):
+        read_code(_write(tmp_path / "a.scz", _with_head(data, 6, 17)))
     with pytest.raises(SceneFileError, match="exactly one stream"):
         read_code(_write(tmp_path / "y.scz", data, extra={"more": (np.zeros(3, np.uint8), "raw")}))
     with pytest.raises(SceneFileError, match="metadata"):
@@ -269,14 +272,15 @@ def test_pack_round_trip_both_table_kinds():
     code = ImageCode(50, 40, 2, 6, 22, np.array([[-64, -5, -64], [200, 7, 190]]), q[order], chol.astype(np.uint8), color)
     data = pack_code(code)
     assert unpack_code(data, "t").equals(code)
-    assert data[:3] == bytes([0, 2, 50]) and len(data) < n * (18 + 18 + 12) / 8  # layout, width; well under raw bits
+    assert data[:3] == bytes([0, 3, 50]) and len(data) < n * (18 + 18 + 12) / 8  # layout, width; well under raw bits
     empty = ImageCode(5, 4, 2, 6, 22, code.chol_range, q[:0], chol[:0].astype(np.uint8), color[:0])
     assert unpack_code(pack_code(empty), "t").equals(empty)
 
 
-def test_round_colors_beats_rounding_to_nearest():
-    """Least squares + error-feedback rounding: integers on the same step, no worse in image error
-    than rounding the fitted colours to nearest (here clearly better at a coarse step), geometry kept."""
+@pytest.mark.parametrize("alpha_q", [0, 3])
+def test_round_colors_beats_rounding_to_nearest(alpha_q):
+    """Least squares + error-feedback rounding: integers on the same steps (one, or one per Gaussian),
+    clearly better in image error than rounding the fitted colours to nearest at a coarse step, geometry kept."""
     from scenezip.splatting.image_codec import round_colors
 
     torch.set_num_threads(1)
@@ -284,7 +288,7 @@ def test_round_colors_beats_rounding_to_nearest():
     img = torch.from_numpy(img8.astype(np.float32) / 255.0)
     model = init_from_image(img, 120, seed=0)
     fit(model, img, FitConfig(steps=30), progress=False)
-    quant = QuantConfig(pos_frac_bits=1, chol_bits=5, color_step_q=8)  # step 0.25: coarse
+    quant = QuantConfig(pos_frac_bits=1, chol_bits=5, color_step_q=8 - 2 * alpha_q, color_alpha_q=alpha_q)  # coarse
     code = quantize_model(model, quant, make_chol_range(model.chol_raw))
     out = round_colors(code, img, block=50)  # blocks smaller than N: the cross-block path runs
     assert out.q_color.dtype == np.int16 and out.q_color.shape == code.q_color.shape
@@ -352,3 +356,35 @@ def test_fuzzed_code_streams_give_only_clean_errors(encoded):
             continue
         assert code.q_pos.shape[0] == code.n <= 8 * len(buf)
     assert errors > 200  # most corruptions are caught
+
+
+def test_per_gaussian_colour_steps():
+    """Step exponents ``color_step_q + round(4 alpha log2(l1 l3))`` from the stored levels, clipped; alpha 0
+    is one step for all; the decoder uses them; a layout-2 stream (no exponent) reads as alpha 0."""
+    from scenezip.splatting.image_codec import ImageCode, MAX_STEP_Q, code_to_params, color_step_qs, dequantize_colors
+
+    chol_range = np.array([[0, -64, 0], [256, 64, 256]])  # log l1, log l3 levels 0, 4/3, 8/3, 4 at 2 bits
+    q_chol = np.array([[0, 1, 0], [1, 2, 0], [3, 0, 3], [1, 1, 2]], dtype=np.uint8)
+    log_area = (q_chol[:, 0] + q_chol[:, 2]) * 4.0 / 3.0
+    for alpha_q in (1, 3, 8):
+        expect = np.clip(10 + np.round(4 * (alpha_q / 8) * log_area / np.log(2)), 0, MAX_STEP_Q)
+        np.testing.assert_array_equal(color_step_qs(q_chol, chol_range, 2, 10, alpha_q), expect)
+    np.testing.assert_array_equal(color_step_qs(q_chol, chol_range, 2, 10, 0), [10] * 4)
+    assert color_step_qs(q_chol, chol_range, 2, 50, 8)[2] == MAX_STEP_Q  # clipped (50 + 46)
+
+    q_pos = np.array([[0, 0], [3, 1], [1, 5], [6, 6]])
+    q_pos = q_pos[np.argsort(morton2d(q_pos), kind="stable")]
+    q_color = np.array([[40, -3, 2], [40, -3, 2], [40, -3, 2], [40, -3, 2]], dtype=np.int16)
+    flat = ImageCode(4, 4, 1, 2, 10, chol_range, q_pos, q_chol, q_color, 0)
+    sized = replace(flat, color_alpha_q=3)
+    steps = 2.0 ** (-color_step_qs(q_chol, chol_range, 2, 10, 3) / 4.0)
+    np.testing.assert_array_equal(code_to_params(sized)[2].numpy(), dequantize_colors(q_color, steps))
+    assert len(set(code_to_params(sized)[2][:, 0].tolist())) > 1  # same integers, different colours
+    assert len(set(code_to_params(flat)[2][:, 0].tolist())) == 1
+    for code in (flat, sized):
+        assert unpack_code(pack_code(code), "t").equals(code)
+    # layout 2: the same header without the exponent varint
+    head, pos = decode_varints(pack_code(flat), 0, 9)
+    assert head[1] == 3 and head[8] == 0
+    layout2 = encode_varints(np.concatenate([[0, 2], head[2:8]])) + pack_code(flat)[pos:]
+    assert unpack_code(layout2, "t").equals(flat)
