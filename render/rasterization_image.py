@@ -34,7 +34,17 @@ backward): about 65 ms per step against 115-220 ms tiled (a naive pair list with
 and ``index_add_`` was slower than the tiles: 1D gathers, ``segment_reduce`` and cache-sized chunks
 of 2^17 pairs made the difference). The image codec fits and decodes with it.
 
-The image is linear in the colours: ``image = W @ colors`` with a sparse ``W`` ``[H W, N]``.
+Normalized blending (``delta`` given): ``image(p) = sum_i c_i w_i(p) / (sum_i w_i(p) + delta)``, the
+weighted mean of the colours that reach the pixel (``delta > 0`` keeps pixels no Gaussian reaches at 0
+and their gradients finite). Each Gaussian then paints its neighbourhood in its own colour and two
+Gaussians meet in an edge, instead of every colour being a correction added on top of the others. It
+is the accumulated sum of ``[colors, 1]`` divided by its last channel, so every renderer here gives it
+(:func:`normalize_blend`) and autograd differentiates the division. On kodim01 at 256x170 with 1443
+Gaussians and the same 900-step fit, the float fit reaches 31.85 dB normalized (``delta = 0.01``) against
+30.05 dB summed.
+
+The image is linear in the colours: ``image = W @ colors`` with a sparse ``W`` ``[H W, N]`` (rows
+divided by ``sum_i w_i(p) + delta`` when normalized).
 :func:`image_weights` lists the non-zero entries of ``W`` (the same pairs and weights the renderer
 sums), so an encoder can solve for colours by least squares and round them with error feedback.
 """
@@ -56,6 +66,22 @@ from scenezip.render._tiles import (
 )
 
 CUTOFF = math.log(255.0)  # s above this contributes nothing (weight < 1/255)
+
+
+def with_ones(colors: Tensor) -> Tensor:  # [N, D] -> [N, D + 1]
+    """``colors`` with a column of ones appended: its accumulated sum carries the weight sum as the last channel."""
+    return torch.cat([colors, colors.new_ones(colors.shape[0], 1)], 1)
+
+
+def normalize_blend(acc: Tensor, delta: float) -> Tensor:  # [H, W, D + 1] -> [H, W, D]
+    """Normalized blending from the accumulated sum of :func:`with_ones` colours: ``acc[..., :D] /
+    (acc[..., D] + delta)`` (module docstring)."""
+    return acc[..., :-1] / (acc[..., -1:] + delta)
+
+
+def _check_delta(delta: float | None) -> None:
+    if delta is not None and not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0 (or None for the accumulated sum), got {delta!r}")
 
 
 def _check_inputs(means: Tensor, chol: Tensor, colors: Tensor, width: int, height: int) -> None:
@@ -318,6 +344,7 @@ def rasterize_image_pairs(
     height: int,
     chunk_pairs: int = 1 << 17,
     keep_pairs: int = 1 << 23,
+    delta: float | None = None,
 ) -> Tensor:  # [H, W, D]
     """The render of :func:`rasterize_image`, evaluated on the exact (pixel, Gaussian) pairs instead of
     padded tiles: each Gaussian lists the pixel spans of its cutoff ellipse row by row (the quadratic
@@ -326,8 +353,13 @@ def rasterize_image_pairs(
     deepest tile of its chunk; the pair list does not (module docstring: about 2x faster on a CPU).
     Work is done ``chunk_pairs`` pairs at a time; the pair tensors are kept for the backward when
     there are at most ``keep_pairs`` pairs, else each chunk is recomputed (memory bounded by the chunk).
-    Differentiable with respect to ``means``, ``chol`` and ``colors``; sums in Gaussian order."""
+    Differentiable with respect to ``means``, ``chol`` and ``colors``; sums in Gaussian order. With
+    ``delta``, the normalized blend (module docstring)."""
     _check_inputs(means, chol, colors, width, height)
+    _check_delta(delta)
+    if delta is not None:
+        acc = rasterize_image_pairs(means, chol, with_ones(colors), width, height, chunk_pairs, keep_pairs)
+        return normalize_blend(acc, delta)
     if chunk_pairs < 1:
         raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
     conics, cov = chol_to_conics(chol)
@@ -344,10 +376,13 @@ def rasterize_image_dense(
     colors: Tensor,  # [N, D]
     width: int,
     height: int,
+    delta: float | None = None,
 ) -> Tensor:  # [H, W, D]
     """Reference for :func:`rasterize_image`: every (pixel, Gaussian) pair, written directly from the
-    formula with plain autograd. Memory ``H * W * N``: tiny inputs only (tests)."""
+    formula with plain autograd (with ``delta``, the normalized blend written out as a weighted mean).
+    Memory ``H * W * N``: tiny inputs only (tests)."""
     _check_inputs(means, chol, colors, width, height)
+    _check_delta(delta)
     l1, l2, l3 = chol.unbind(-1)
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=means.dtype, device=means.device) + 0.5,
@@ -360,6 +395,8 @@ def rasterize_image_dense(
     z2 = (d[..., 1] - l2 * z1) / l3
     s = 0.5 * (z1 * z1 + z2 * z2)
     w = torch.where(s <= CUTOFF, torch.exp(-s), torch.zeros_like(s))  # [H, W, N]
+    if delta is not None:
+        w = w / (w.sum(-1, keepdim=True) + delta)
     return torch.einsum("hwn,nd->hwd", w, colors)
 
 
@@ -370,14 +407,17 @@ def image_weights(
     width: int,
     height: int,
     chunk_pairs: int = 1 << 17,
+    delta: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # pixel [M] int64, gaussian [M] int64, weight [M]
     """The non-zero entries of ``W`` ``[H * W, N]`` with ``rasterize_image(means, chol, colors) ==
     (W @ colors).reshape(H, W, D)``: row ``y * width + x``, column ``i`` and the weight ``exp(-s)`` of
     every (pixel, Gaussian) pair within the cutoff, in the dtype of ``means``, grouped by Gaussian.
     Built on the row spans of :func:`rasterize_image_pairs` (the same pairs, ``chunk_pairs`` at a
     time; kodim05 at 256x170, 1700 Gaussians, float64: 0.11 s against 0.21 s for padded tile boxes).
-    Not differentiable; memory is the number of pairs."""
+    Not differentiable; memory is the number of pairs. With ``delta``, the entries of the normalized
+    blend: each weight divided by its pixel's ``sum_i w_i + delta``."""
     _check_inputs(means, chol, chol, width, height)
+    _check_delta(delta)
     if chunk_pairs < 1:
         raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
     means = means.detach()
@@ -394,4 +434,8 @@ def image_weights(
     if not pix:
         e = torch.zeros(0, dtype=torch.long, device=means.device)
         return e, e, torch.zeros(0, dtype=means.dtype, device=means.device)
-    return torch.cat(pix), torch.cat(gid), torch.cat(val)
+    pix, gid, val = torch.cat(pix), torch.cat(gid), torch.cat(val)
+    if delta is not None:
+        total = torch.zeros(width * height, dtype=val.dtype, device=val.device).index_add_(0, pix, val)
+        val = val / (total.index_select(0, pix) + delta)
+    return pix, gid, val

@@ -7,7 +7,8 @@ reference: the same tile lists (:func:`~scenezip.render.rasterization_image.imag
 per-pair ``s = 0.5 (a dx^2 + c dy^2) + b dx dy`` and cutoff ``s <= CUTOFF``. One Triton program per
 tile holds the tile's pixels in registers and walks the tile's whole Gaussian list in a loop, so
 there is no per-tile batch and no cap on how many Gaussians a tile sums. Forward only: decoding needs
-no gradients, and fitting uses the differentiable torch renderers, which also run on CUDA.
+no gradients, and fitting uses the differentiable torch renderers, which also run on CUDA. With
+``delta`` it also sums the weights and returns the normalized blend (one division per pixel).
 
 Triton compiles the kernel for NVIDIA GPUs; with ``TRITON_INTERPRET=1`` in the environment before the
 kernel is defined it runs, slowly, on CPU tensors, which is how the tests check it against the
@@ -22,7 +23,7 @@ import os
 import torch
 from torch import Tensor
 
-from scenezip.render.rasterization_image import CUTOFF, _check_inputs, chol_to_conics, image_tiles
+from scenezip.render.rasterization_image import CUTOFF, _check_delta, _check_inputs, chol_to_conics, image_tiles
 
 try:  # optional: Triton ships with CUDA builds of torch
     import triton
@@ -49,8 +50,8 @@ if triton is not None:
     @triton.jit
     def _accumulate_kernel(
         means_ptr, conics_ptr, colors_ptr, offsets_ptr, ids_ptr, out_ptr,
-        width, height, tiles_x, cutoff,
-        TS: tl.constexpr,
+        width, height, tiles_x, cutoff, delta,
+        TS: tl.constexpr, NORMALIZE: tl.constexpr,
     ):  # fmt: skip
         tile = tl.program_id(0)
         p = tl.arange(0, TS * TS)
@@ -61,6 +62,7 @@ if triton is not None:
         acc_r = tl.zeros((TS * TS,), dtype=tl.float32)
         acc_g = tl.zeros((TS * TS,), dtype=tl.float32)
         acc_b = tl.zeros((TS * TS,), dtype=tl.float32)
+        acc_w = tl.zeros((TS * TS,), dtype=tl.float32)
         start = tl.load(offsets_ptr + tile)
         end = tl.load(offsets_ptr + tile + 1)
         for k in range(start, end):  # every Gaussian of the tile, however many
@@ -75,6 +77,12 @@ if triton is not None:
             acc_r += w * tl.load(colors_ptr + 3 * g)
             acc_g += w * tl.load(colors_ptr + 3 * g + 1)
             acc_b += w * tl.load(colors_ptr + 3 * g + 2)
+            if NORMALIZE:
+                acc_w += w
+        if NORMALIZE:  # the weighted mean of the colours (normalized blending)
+            acc_r = acc_r / (acc_w + delta)
+            acc_g = acc_g / (acc_w + delta)
+            acc_b = acc_b / (acc_w + delta)
         inside = (px < width) & (py < height)
         o = (py * width + px) * 3
         tl.store(out_ptr + o, acc_r, mask=inside)
@@ -89,10 +97,13 @@ def rasterize_image_triton(
     colors: Tensor,  # [N, 3]
     width: int,
     height: int,
+    delta: float | None = None,
 ) -> Tensor:  # [H, W, 3] float32, unclamped
     """The accumulated sum of :func:`~scenezip.render.rasterization_image.rasterize_image` (float32,
-    not differentiable) by the Triton kernel; every tensor on one device (see :func:`available`)."""
+    not differentiable) by the Triton kernel, or with ``delta`` the normalized blend; every tensor on
+    one device (see :func:`available`)."""
     _check_inputs(means, chol, colors, width, height)
+    _check_delta(delta)
     if colors.shape[1] != 3:
         raise ValueError(f"colors must have 3 channels, got {colors.shape[1]}")
     if not available(means.device):
@@ -109,6 +120,6 @@ def rasterize_image_triton(
     if n_tiles and isect.flatten_ids.numel():
         _accumulate_kernel[(n_tiles,)](
             means, conics.contiguous(), colors, offsets, isect.flatten_ids.contiguous(), out,
-            width, height, isect.tile_width, float(CUTOFF), TS=TILE,
+            width, height, isect.tile_width, float(CUTOFF), float(delta or 0.0), TS=TILE, NORMALIZE=delta is not None,
         )  # fmt: skip
     return out

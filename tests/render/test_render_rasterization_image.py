@@ -176,3 +176,37 @@ def test_pairs_gradcheck_float64(gen):
     chol[:, 0::2] += 1.0
     ins = tuple(t.clone().requires_grad_() for t in (means, chol, colors))
     assert torch.autograd.gradcheck(lambda m, c, k: rasterize_image_pairs(m, c, k, w, h, chunk_pairs=7), ins, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.01, 1.0])
+def test_normalized_blend_matches_dense_with_gradients(gen, delta):
+    """Normalized blending: the pair-list renderer (sum of [c, 1], divided) gives the dense reference's
+    weighted mean of the colours, with the same gradients; W from image_weights(delta) reproduces it;
+    a constant colour renders as that colour times sum_w / (sum_w + delta) and nothing where no Gaussian
+    reaches."""
+    from scenezip.render.rasterization_image import image_weights, rasterize_image_pairs
+
+    w, h = 29, 19
+    means, chol, colors = _gaussians(40, w, h, gen)
+    means[:2] = torch.tensor([[-2.0, 5.0], [31.0, 10.0]], dtype=torch.float64)
+    ins_a = [t.clone().requires_grad_() for t in (means, chol, colors)]
+    ins_b = [t.clone().requires_grad_() for t in (means, chol, colors)]
+    a = rasterize_image_pairs(*ins_a, w, h, chunk_pairs=64, delta=delta)
+    b = rasterize_image_dense(*ins_b, w, h, delta=delta)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    v = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+    ga = torch.autograd.grad((a * v).sum(), ins_a)
+    gb = torch.autograd.grad((b * v).sum(), ins_b)
+    for x, y, name in zip(ga, gb, ("means", "chol", "colors")):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10, msg=name)
+    rows, cols, vals = image_weights(means, chol, w, h, delta=delta)
+    out = torch.zeros(h * w, 3, dtype=colors.dtype).index_add_(0, rows, vals[:, None] * colors[cols])
+    torch.testing.assert_close(out.reshape(h, w, 3), b.detach())
+    wsum = rasterize_image_dense(means, chol, torch.ones(40, 1, dtype=torch.float64), w, h)
+    grey = rasterize_image_pairs(means, chol, torch.full((40, 3), 0.7, dtype=torch.float64), w, h, delta=delta)
+    torch.testing.assert_close(grey, 0.7 * wsum / (wsum + delta) * torch.ones(1, 1, 3, dtype=torch.float64))
+    lone = rasterize_image_pairs(torch.tensor([[3.0, 3.0]], dtype=torch.float64), torch.tensor([[1.0, 0.0, 1.0]],
+                                 dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), w, h, delta=delta)  # fmt: skip
+    assert float(lone[15:, 20:].abs().max()) == 0.0  # far from the only Gaussian: 0, not 0/0
+    with pytest.raises(ValueError, match="delta"):
+        rasterize_image_pairs(means, chol, colors, w, h, delta=0.0)

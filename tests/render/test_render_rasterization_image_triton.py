@@ -32,6 +32,7 @@ for name in ("random", "deep"):
     m, l, c = (torch.from_numpy(inp[f"{name}_{k}"]) for k in ("means", "chol", "colors"))
     w, h = (int(v) for v in inp[f"{name}_size"])
     out[name] = rasterize_image_triton(m, l, c, w, h).numpy()
+    out[name + "_normalized"] = rasterize_image_triton(m, l, c, w, h, delta=0.01).numpy()
 code = read_code(sys.argv[3])
 out["decoded_triton"] = render_code(code, device="cpu", backend="triton")
 out["decoded_torch"] = render_code(code)
@@ -67,10 +68,10 @@ def triton_run(tmp_path_factory):
     return cases, dict(np.load(tmp / "out.npz"))
 
 
-def _reference(case: dict[str, np.ndarray], n: int | None = None) -> np.ndarray:
+def _reference(case: dict[str, np.ndarray], n: int | None = None, delta: float | None = None) -> np.ndarray:
     m, l, c = (torch.from_numpy(case[k][:n]) for k in ("means", "chol", "colors"))
     w, h = (int(v) for v in case["size"])
-    return rasterize_image_dense(m.double(), l.double(), c.double(), w, h).numpy()
+    return rasterize_image_dense(m.double(), l.double(), c.double(), w, h, delta=delta).numpy()
 
 
 def test_triton_kernel_matches_the_dense_reference(triton_run):
@@ -79,6 +80,14 @@ def test_triton_kernel_matches_the_dense_reference(triton_run):
     assert out["random"].shape == ref.shape
     np.testing.assert_allclose(out["random"], ref, atol=1e-5, rtol=1e-5)
     assert np.abs(ref).max() > 0.5  # the case renders something
+
+
+def test_triton_kernel_normalized_blend_matches_the_dense_reference(triton_run):
+    cases, out = triton_run
+    for name in ("random", "deep"):
+        ref = _reference(cases[name], delta=0.01)
+        np.testing.assert_allclose(out[name + "_normalized"], ref, atol=1e-5, rtol=1e-5)
+        assert not np.allclose(ref, _reference(cases[name]), atol=1e-2)  # the normalization is really applied
 
 
 def test_triton_kernel_sums_more_than_256_gaussians_in_a_tile(triton_run):
