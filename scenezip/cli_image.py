@@ -16,7 +16,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,10 @@ class ImageEncodeArgs:
     color_alpha_q: int = 3
     """Colour steps shrink as area**-(color_alpha_q/8) (0..16; 0: one step for every Gaussian): the colour error of a
     large Gaussian spreads over more pixels."""
+    blend: Literal["normalized", "sum"] = "normalized"
+    """How the Gaussians make the image: "normalized", the weighted mean of the colours reaching a pixel (each
+    Gaussian paints a region, neighbours meet in edges; kodim01 at 256x170 and 1 bpp: 29.80 dB), or "sum",
+    GaussianImage's accumulated sum (28.94 dB)."""
     search: bool = True
     """After the float fit, also try the neighbouring quantizer settings and keep the best at the target size."""
     seed: int = 0
@@ -142,7 +146,7 @@ def save_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def cmd_encode(args: ImageEncodeArgs) -> None:
-    from scenezip.splatting.image_codec import QuantConfig, encode_image
+    from scenezip.splatting.image_codec import DEFAULT_DELTA, QuantConfig, encode_image
 
     if not (args.bpp > 0) or args.steps < 0:
         raise ScenezipError(f"--bpp must be > 0 and --steps >= 0, got {args.bpp} and {args.steps}")
@@ -154,7 +158,7 @@ def cmd_encode(args: ImageEncodeArgs) -> None:
     _check_output_folder(args.output)
     try:
         r = encode_image(img, args.bpp, args.output, steps=args.steps, quant=quant, search=args.search, seed=args.seed,
-                         progress=not args.quiet)  # fmt: skip
+                         progress=not args.quiet, delta=DEFAULT_DELTA if args.blend == "normalized" else None)  # fmt: skip
     except ValueError as e:
         raise ScenezipError(f"{args.input}: {e}") from None
     except OSError as e:

@@ -26,6 +26,12 @@ covariance and an RGB colour with opacity folded in, and the image is their accu
   reached 25.9 dB from 60% of the Gaussians against 26.8 dB for the detail-weighted initialization of
   all of them, so the codec does not use it by default.
 - **Loss** on the render clamped to [0, 1], the pixels a decoder outputs (before 8-bit rounding).
+- **Blend** (``ImageGaussians.delta``): None is GaussianImage's accumulated sum; a float ``delta`` the
+  normalized blend ``sum c w / (sum w + delta)`` of :mod:`scenezip.render.rasterization_image`, where
+  a colour is the colour a Gaussian paints rather than a correction (initial colours are the image's at
+  the centres, initial scales 1.2x the neighbour spacing instead of 0.8x, and the pruning importance
+  is the render change of removing the Gaussian). The codec uses it by default (see
+  :mod:`scenezip.splatting.image_codec` for the measurements).
 
 :func:`fit` takes an optional ``transform`` of the parameters applied in every forward pass: the codec
 passes its quantizers there for quantization-aware training.
@@ -53,9 +59,11 @@ def chol_from_raw(chol_raw: Tensor) -> Tensor:  # [N, 3] -> [N, 3]
     return torch.stack([chol_raw[:, 0].exp(), chol_raw[:, 1], chol_raw[:, 2].exp()], -1)
 
 
-def render_params(means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int) -> Tensor:
-    """Render ``[H, W, 3]`` (unclamped) from raw parameters (see module docstring for shapes)."""
-    return rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, width, height)
+def render_params(means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int,
+                  delta: float | None = None) -> Tensor:  # fmt: skip
+    """Render ``[H, W, 3]`` (unclamped) from raw parameters (see module docstring for shapes); ``delta``:
+    normalized blending (:mod:`scenezip.render.rasterization_image`), None: the accumulated sum."""
+    return rasterize_image_pairs(means, chol_from_raw(chol_raw), colors, width, height, delta=delta)
 
 
 def _check_image(img: Tensor) -> None:
@@ -76,7 +84,8 @@ def detail_map(img: Tensor) -> Tensor:  # [H, W, 3] -> [H, W]
 class ImageGaussians(nn.Module):
     """``N`` 2D Gaussians of a ``width x height`` image (parameters in pixels, see module docstring)."""
 
-    def __init__(self, means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int) -> None:
+    def __init__(self, means: Tensor, chol_raw: Tensor, colors: Tensor, width: int, height: int,
+                 delta: float | None = None) -> None:  # fmt: skip
         super().__init__()
         n = means.shape[0]
         if means.dim() != 2 or means.shape[1] != 2:
@@ -87,7 +96,11 @@ class ImageGaussians(nn.Module):
             raise ValueError(f"colors must have shape [{n}, 3], got {tuple(colors.shape)}")
         if width < 1 or height < 1:
             raise ValueError(f"width and height must be >= 1, got {width}, {height}")
+        if delta is not None and not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"delta must be a finite number > 0 or None, got {delta!r}")
         self.width, self.height = int(width), int(height)
+        self.delta = None if delta is None else float(delta)
+        """None: the image is the accumulated sum; a float: normalized blending with this ``delta``."""
         self.means = nn.Parameter(means.detach().to(torch.float32).clone())
         self.chol_raw = nn.Parameter(chol_raw.detach().to(torch.float32).clone())
         self.colors = nn.Parameter(colors.detach().to(torch.float32).clone())
@@ -102,17 +115,32 @@ class ImageGaussians(nn.Module):
     def render(self, transform: Callable[[Params], Params] | None = None) -> Tensor:  # [H, W, 3]
         """Unclamped render, of the parameters as ``transform`` (e.g. quantization) leaves them."""
         p = self.params() if transform is None else transform(self.params())
-        return render_params(*p, self.width, self.height)
+        return render_params(*p, self.width, self.height, self.delta)
 
     @torch.no_grad()
     def importance(self) -> Tensor:  # [N]
-        """Integrated colour mass ``|c| * 2 pi l1 l3`` of each Gaussian (pruning order: smallest first)."""
-        return self.colors.norm(dim=-1) * (self.chol_raw[:, 0] + self.chol_raw[:, 2]).exp() * (2 * math.pi)
+        """How much each Gaussian matters (pruning order: smallest first). Summed: its integrated colour
+        mass ``|c| * 2 pi l1 l3``. Normalized: the squared change of the render if it alone were removed,
+        ``sum_p |w (out - c) / (sum_w - w + delta)|^2`` over its pixels (a colour is no longer a
+        correction whose size says what it adds, and a Gaussian inside a region of its own colour costs
+        nothing to drop)."""
+        if self.delta is None:
+            return self.colors.norm(dim=-1) * (self.chol_raw[:, 0] + self.chol_raw[:, 2]).exp() * (2 * math.pi)
+        from scenezip.render.rasterization_image import image_weights
+
+        pix, gid, val = image_weights(self.means, chol_from_raw(self.chol_raw), self.width, self.height)
+        hw = self.width * self.height
+        den = torch.zeros(hw, dtype=val.dtype).index_add_(0, pix, val) + self.delta
+        col = self.colors.detach().to(val.dtype)
+        out = torch.zeros(hw, 3, dtype=val.dtype).index_add_(0, pix, val[:, None] * col[gid]) / den[:, None]
+        d = val[:, None] * (out[pix] - col[gid]) / (den[pix] - val)[:, None]
+        return torch.zeros(self.n, dtype=val.dtype).index_add_(0, gid, (d * d).sum(-1))
 
     @torch.no_grad()
     def keep(self, idx: Tensor) -> "ImageGaussians":
         """A new model holding the Gaussians ``idx`` ``[M]`` (indices or a boolean mask)."""
-        return ImageGaussians(self.means[idx], self.chol_raw[idx], self.colors[idx], self.width, self.height)
+        return ImageGaussians(self.means[idx], self.chol_raw[idx], self.colors[idx], self.width, self.height,
+                              self.delta)  # fmt: skip
 
 
 @torch.no_grad()
@@ -120,10 +148,16 @@ def init_from_image(
     img: Tensor,  # [H, W, 3] in [0, 1]
     n: int,
     uniform_mix: float = 0.3,
-    scale_factor: float = 0.8,
+    scale_factor: float | None = None,
     seed: int = 0,
+    delta: float | None = None,
 ) -> ImageGaussians:
-    """``n`` Gaussians placed where the image has detail (see module docstring). Deterministic in ``seed``."""
+    """``n`` Gaussians placed where the image has detail (see module docstring), blended as ``delta``
+    says (None: accumulated sum; a float: normalized blending). ``scale_factor`` defaults to 0.8 summed
+    and 1.2 normalized (kodim01, 1443 Gaussians, 900-step fits: 31.85 dB at 1.2, 30.76 at 1.6 with a lower
+    learning rate). Deterministic in ``seed``."""
+    if scale_factor is None:
+        scale_factor = 0.8 if delta is None else 1.2
     _check_image(img)
     h, w = img.shape[0], img.shape[1]
     if not 1 <= n <= h * w:
@@ -150,12 +184,13 @@ def init_from_image(
         spacing = torch.full((n,), math.sqrt(h * w), dtype=torch.float32)
     sigma = (scale_factor * spacing).clamp(0.5, 0.25 * max(h, w))
     chol_raw = torch.stack([sigma.log(), torch.zeros(n), sigma.log()], -1)
-    # colour: image at the centre over the sum of weights of all (unit-colour) Gaussians there
-    ones = torch.ones(n, 1)
-    wsum = rasterize_image_pairs(means, chol_from_raw(chol_raw), ones, w, h)[..., 0]
+    # colour: image at the centre (summed: over the sum of weights of all unit-colour Gaussians there)
     px, py = pick % w, torch.div(pick, w, rounding_mode="floor")
-    colors = img[py, px] / wsum[py, px, None].clamp_min(1.0)
-    return ImageGaussians(means, chol_raw, colors, w, h)
+    colors = img[py, px]
+    if delta is None:
+        wsum = rasterize_image_pairs(means, chol_from_raw(chol_raw), torch.ones(n, 1), w, h)[..., 0]
+        colors = colors / wsum[py, px, None].clamp_min(1.0)
+    return ImageGaussians(means, chol_raw, colors, w, h, delta)
 
 
 @dataclass
@@ -218,6 +253,8 @@ def spawn_at_error(
     sigma = (scale_factor * spacing).clamp(0.5, 0.25 * max(h, w))
     chol_raw = torch.stack([sigma.log(), torch.zeros(k), sigma.log()], -1)
     colors = res_b[:, py, px].T.contiguous()
+    if model.delta is not None:  # normalized: a new Gaussian paints its pixel's colour, not a correction
+        colors = img.to(torch.float32)[py, px]
     return means, chol_raw, colors
 
 

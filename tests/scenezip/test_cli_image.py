@@ -27,6 +27,21 @@ def test_encode_decode_png(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.scz", "in.png", "out.png"]  # no temporaries
 
 
+def test_blend_option(tmp_path, capsys):
+    """--blend sum writes GaussianImage's accumulated sum, the default the normalized blend; both decode."""
+    from scenezip.splatting.image_codec import read_code
+
+    torch.set_num_threads(1)
+    src = tmp_path / "in.png"
+    Image.fromarray(_img()).save(src)
+    for blend, stored in (("sum", 0), ("normalized", 6)):
+        out = tmp_path / f"{blend}.scz"
+        args = ["encode", str(src), "-o", str(out), "--bpp", "6", "--steps", "5", "--no-search", "--quiet"]
+        assert image_main(args + (["--blend", blend] if blend == "sum" else [])) == 0
+        assert read_code(out).blend == stored
+        assert image_main(["decode", str(out), "-o", str(tmp_path / f"{blend}.png")]) == 0
+
+
 def test_rgba_and_grey_are_converted_with_a_note(tmp_path, capsys):
     torch.set_num_threads(1)
     rgba = tmp_path / "rgba.png"

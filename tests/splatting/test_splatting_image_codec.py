@@ -96,6 +96,7 @@ def test_round_trip_is_bit_exact(encoded, tmp_path):
     assert again.read_bytes() == path.read_bytes()
     # re-quantizing the decoded float parameters gives the same integers (decode is idempotent)
     assert code.color_alpha_q == QuantConfig().color_alpha_q > 0  # files have per-Gaussian colour steps
+    assert code.blend == 6  # normalized blending, delta 2**-6 (the encoder's default)
     quant = QuantConfig(code.pos_frac_bits, code.chol_bits, code.color_step_q, code.color_alpha_q)
     re = quantize_model(code_to_model(code), quant, code.chol_range)
     assert re.equals(code)
@@ -130,8 +131,8 @@ def _write(dst, data: bytes, method="image", metadata=None, extra=None):
 
 def _with_head(data: bytes, index: int, value: int) -> bytes:
     """``data`` with header varint ``index`` (0 width, 1 height, 2 count, 5 colour step, 6 its area
-    exponent; after the two layout varints) set to ``value``."""
-    head, pos = decode_varints(data, 0, 15)
+    exponent, 7 blend; after the two layout varints) set to ``value``."""
+    head, pos = decode_varints(data, 0, 16)
     head[2 + index] = value
     return encode_varints(head) + data[pos:]
 
@@ -163,8 +164,10 @@ def test_decoder_checks_counts_and_shapes(encoded, tmp_path):
         read_code(_write(tmp_path / "x.scz", data, method="3dgs"))
     with pytest.raises(SceneFileError, match="layout 1"):  # the unmarked layout before 2026-12-06
         read_code(_write(tmp_path / "l1.scz", data[2:]))
-    with pytest.raises(SceneFileError, match="layout 4"):
-        read_code(_write(tmp_path / "l4.scz", b"\x00\x04" + data[2:]))
+    with pytest.raises(SceneFileError, match="layout 5"):
+        read_code(_write(tmp_path / "l5.scz", b"\x00\x05" + data[2:]))
+    with pytest.raises(SceneFileError, match="blend"):
+        read_code(_write(tmp_path / "b.scz", _with_head(data, 7, 25)))
     with pytest.raises(SceneFileError, match="color_alpha_q"):
         read_code(_write(tmp_path / "a.scz", _with_head(data, 6, 17)))
     with pytest.raises(SceneFileError, match="exactly one stream"):
@@ -272,13 +275,13 @@ def test_pack_round_trip_both_table_kinds():
     code = ImageCode(50, 40, 2, 6, 22, np.array([[-64, -5, -64], [200, 7, 190]]), q[order], chol.astype(np.uint8), color)
     data = pack_code(code)
     assert unpack_code(data, "t").equals(code)
-    assert data[:3] == bytes([0, 3, 50]) and len(data) < n * (18 + 18 + 12) / 8  # layout, width; well under raw bits
+    assert data[:3] == bytes([0, 4, 50]) and len(data) < n * (18 + 18 + 12) / 8  # layout, width; well under raw bits
     empty = ImageCode(5, 4, 2, 6, 22, code.chol_range, q[:0], chol[:0].astype(np.uint8), color[:0])
     assert unpack_code(pack_code(empty), "t").equals(empty)
 
 
-@pytest.mark.parametrize("alpha_q", [0, 3])
-def test_round_colors_beats_rounding_to_nearest(alpha_q):
+@pytest.mark.parametrize("alpha_q,delta", [(0, None), (3, None), (3, 2.0**-6)])
+def test_round_colors_beats_rounding_to_nearest(alpha_q, delta):
     """Least squares + error-feedback rounding: integers on the same steps (one, or one per Gaussian),
     clearly better in image error than rounding the fitted colours to nearest at a coarse step, geometry kept."""
     from scenezip.splatting.image_codec import round_colors
@@ -286,7 +289,7 @@ def test_round_colors_beats_rounding_to_nearest(alpha_q):
     torch.set_num_threads(1)
     img8 = synthetic_image(24, 32, seed=2)
     img = torch.from_numpy(img8.astype(np.float32) / 255.0)
-    model = init_from_image(img, 120, seed=0)
+    model = init_from_image(img, 120, seed=0, delta=delta)
     fit(model, img, FitConfig(steps=30), progress=False)
     quant = QuantConfig(pos_frac_bits=1, chol_bits=5, color_step_q=8 - 2 * alpha_q, color_alpha_q=alpha_q)  # coarse
     code = quantize_model(model, quant, make_chol_range(model.chol_raw))
@@ -383,8 +386,38 @@ def test_per_gaussian_colour_steps():
     assert len(set(code_to_params(flat)[2][:, 0].tolist())) == 1
     for code in (flat, sized):
         assert unpack_code(pack_code(code), "t").equals(code)
-    # layout 2: the same header without the exponent varint
-    head, pos = decode_varints(pack_code(flat), 0, 9)
-    assert head[1] == 3 and head[8] == 0
+    # layouts 2 and 3: the same header without the exponent and blend varints, or without the blend
+    head, pos = decode_varints(pack_code(flat), 0, 10)
+    assert head[1] == 4 and head[8] == 0 and head[9] == 0
     layout2 = encode_varints(np.concatenate([[0, 2], head[2:8]])) + pack_code(flat)[pos:]
     assert unpack_code(layout2, "t").equals(flat)
+    layout3 = encode_varints(np.concatenate([[0, 3], head[2:9]])) + pack_code(flat)[pos:]
+    assert unpack_code(layout3, "t").equals(flat)
+
+
+def test_normalized_blend_in_the_file_and_the_model():
+    """The blend integer names delta = 2**-k (others refused); a normalized model's code decodes to its
+    own render; importance is the render change of removing a Gaussian: little for a copy of its
+    neighbour (only in the tails, where the weights are near delta), much for a lone one."""
+    from scenezip.splatting.image_codec import blend_delta, blend_of, code_to_model
+
+    assert blend_of(None) == 0 and blend_of(2.0**-6) == 6 and blend_delta(6) == 2.0**-6 and blend_delta(0) is None
+    for bad in (0.01, 0.0, 2.0**-30, 1.0):
+        with pytest.raises(ValueError, match="delta"):
+            blend_of(bad)
+    with pytest.raises(ValueError, match="delta"):
+        encode_image(synthetic_image(), 4.0, "unused.scz", steps=1, progress=False, delta=0.01)
+    means = torch.tensor([[10.0, 10.0], [10.0, 10.0], [30.0, 20.0], [20.0, 30.0]])
+    chol_raw = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.5, 0.3, 0.8], [1.5, 0.0, 1.2]])
+    colors = torch.tensor([[0.2, 0.5, 0.9], [0.2, 0.5, 0.9], [0.9, 0.1, 0.1], [0.6, 0.6, 0.1]])
+    model = ImageGaussians(means, chol_raw, colors, 40, 40, delta=2.0**-6)
+    imp = model.importance()
+    assert float(imp[0]) == pytest.approx(float(imp[1])) and float(imp[0]) < 0.1 * float(imp[2:].min())
+    code = quantize_model(model, QuantConfig(pos_frac_bits=2, chol_bits=8, color_step_q=40, color_alpha_q=0),
+                          make_chol_range(model.chol_raw))  # fmt: skip
+    assert code.blend == 6 and code_to_model(code).delta == 2.0**-6
+    dec = render_code(code).astype(np.float64) / 255.0
+    ref = model.render().clamp(0, 1).detach().numpy()
+    assert np.abs(dec - ref).max() < 0.03  # fine quantizers: the file renders the normalized model
+    summed = render_code(replace(code, blend=0)).astype(np.float64) / 255.0
+    assert np.abs(summed - ref).max() > 0.2  # the blend integer is really read
