@@ -222,6 +222,12 @@ def test_spawn_at_error_targets_the_wrong_region():
     torch.testing.assert_close(chol_raw[:, 1], torch.zeros(30))  # isotropic
     with pytest.raises(ValueError, match="k must be"):
         spawn_at_error(m, img, h * w + 1)
+    # normalized: a new Gaussian paints the image colour at its pixel, not the residual
+    mn = init_from_image(torch.full((h, w, 3), 0.2), 40, seed=0, delta=2.0**-6)
+    means, _, colors = spawn_at_error(mn, img, 30, seed=1)
+    px = means.floor().long()
+    torch.testing.assert_close(colors, img[px[:, 1], px[:, 0]])
+    assert float((colors[:, 0] == 0.9).float().mean()) > 0.6  # most land on the square, in its colour
 
 
 def test_fit_grows_to_the_requested_count_and_helps():
