@@ -41,9 +41,9 @@ class ImageEncodeArgs:
     steps: int = 1800
     """Optimization steps: half a float fit, a quarter refitting the Gaussians kept after pruning, a quarter
     fitting positions and colours around the quantized covariances. More steps give better files: kodim05 at
-    256x170 and 1 bpp decodes to 25.76 dB after 900 steps and 25.94 after 1800 (24.88 with the 300-step
-    encoder before 2026-12-06). About 100-150 s per 256x170 image on one CPU thread at 1800 steps, roughly
-    proportional to steps x pixels."""
+    256x170 and 1 bpp decodes to 25.76 dB after 900 steps and 25.94 after 1800 with --blend sum (24.88 with the
+    300-step encoder before 2026-12-06). About 60-150 s per 256x170 image on one CPU thread at 1800 steps,
+    roughly proportional to steps x pixels."""
     pos_frac_bits: int = 2
     """Positions are stored on a grid of 2**-pos_frac_bits pixels (0..4); the encoder also tries one bit less and more
     (twice: after the first fit, and again once the covariances are quantized)."""
@@ -157,8 +157,9 @@ def cmd_encode(args: ImageEncodeArgs) -> None:
     img = load_image(args.input)
     _check_output_folder(args.output)
     try:
+        delta = DEFAULT_DELTA if args.blend == "normalized" else None
         r = encode_image(img, args.bpp, args.output, steps=args.steps, quant=quant, search=args.search, seed=args.seed,
-                         progress=not args.quiet, delta=DEFAULT_DELTA if args.blend == "normalized" else None)  # fmt: skip
+                         progress=not args.quiet, delta=delta)  # fmt: skip
     except ValueError as e:
         raise ScenezipError(f"{args.input}: {e}") from None
     except OSError as e:

@@ -132,15 +132,21 @@ def test_image_weights_reproduce_the_render(gen, chunk_pairs):
 def test_pairs_match_dense_with_gradients(gen, chunk_pairs, keep_pairs):
     """The pair-list renderer: same image and gradients as the dense reference, whether the pairs sit
     in one chunk or many, kept for the backward or recomputed; centres outside the image included."""
-    from scenezip.render.rasterization_image import rasterize_image_pairs
-
     w, h = 37, 23
     means, chol, colors = _gaussians(60, w, h, gen)
     means[:3] = torch.tensor([[-2.0, 5.0], [40.0, 10.0], [18.0, 25.0]], dtype=torch.float64)
+    _assert_pairs_match_dense(gen, means, chol, colors, w, h, chunk_pairs=chunk_pairs, keep_pairs=keep_pairs)
+
+
+def _assert_pairs_match_dense(gen, means, chol, colors, w, h, delta=None, **kw) -> torch.Tensor:
+    """The pair-list render equals the dense reference's, and so do the gradients of a random projection
+    of it (most of them non-zero); returns the dense render."""
+    from scenezip.render.rasterization_image import rasterize_image_pairs
+
     ins_a = [t.clone().requires_grad_() for t in (means, chol, colors)]
     ins_b = [t.clone().requires_grad_() for t in (means, chol, colors)]
-    a = rasterize_image_pairs(*ins_a, w, h, chunk_pairs=chunk_pairs, keep_pairs=keep_pairs)
-    b = rasterize_image_dense(*ins_b, w, h)
+    a = rasterize_image_pairs(*ins_a, w, h, delta=delta, **kw)
+    b = rasterize_image_dense(*ins_b, w, h, delta=delta)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     v = torch.randn(a.shape, generator=gen, dtype=torch.float64)
     ga = torch.autograd.grad((a * v).sum(), ins_a)
@@ -148,6 +154,7 @@ def test_pairs_match_dense_with_gradients(gen, chunk_pairs, keep_pairs):
     for x, y, name in zip(ga, gb, ("means", "chol", "colors")):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10, msg=name)
         assert (y.abs() > 0).float().mean() > 0.5, name
+    return b.detach()
 
 
 def test_pairs_sum_every_gaussian_and_cut_per_pixel(gen):
@@ -189,24 +196,15 @@ def test_normalized_blend_matches_dense_with_gradients(gen, delta):
     w, h = 29, 19
     means, chol, colors = _gaussians(40, w, h, gen)
     means[:2] = torch.tensor([[-2.0, 5.0], [31.0, 10.0]], dtype=torch.float64)
-    ins_a = [t.clone().requires_grad_() for t in (means, chol, colors)]
-    ins_b = [t.clone().requires_grad_() for t in (means, chol, colors)]
-    a = rasterize_image_pairs(*ins_a, w, h, chunk_pairs=64, delta=delta)
-    b = rasterize_image_dense(*ins_b, w, h, delta=delta)
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    v = torch.randn(a.shape, generator=gen, dtype=torch.float64)
-    ga = torch.autograd.grad((a * v).sum(), ins_a)
-    gb = torch.autograd.grad((b * v).sum(), ins_b)
-    for x, y, name in zip(ga, gb, ("means", "chol", "colors")):
-        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10, msg=name)
+    b = _assert_pairs_match_dense(gen, means, chol, colors, w, h, delta=delta, chunk_pairs=64)
     rows, cols, vals = image_weights(means, chol, w, h, delta=delta)
     out = torch.zeros(h * w, 3, dtype=colors.dtype).index_add_(0, rows, vals[:, None] * colors[cols])
-    torch.testing.assert_close(out.reshape(h, w, 3), b.detach())
+    torch.testing.assert_close(out.reshape(h, w, 3), b)
     wsum = rasterize_image_dense(means, chol, torch.ones(40, 1, dtype=torch.float64), w, h)
     grey = rasterize_image_pairs(means, chol, torch.full((40, 3), 0.7, dtype=torch.float64), w, h, delta=delta)
     torch.testing.assert_close(grey, 0.7 * wsum / (wsum + delta) * torch.ones(1, 1, 3, dtype=torch.float64))
-    lone = rasterize_image_pairs(torch.tensor([[3.0, 3.0]], dtype=torch.float64), torch.tensor([[1.0, 0.0, 1.0]],
-                                 dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), w, h, delta=delta)  # fmt: skip
+    one = [torch.tensor([[3.0, 3.0]]), torch.tensor([[1.0, 0.0, 1.0]]), torch.ones(1, 3)]
+    lone = rasterize_image_pairs(*(t.to(torch.float64) for t in one), w, h, delta=delta)
     assert float(lone[15:, 20:].abs().max()) == 0.0  # far from the only Gaussian: 0, not 0/0
     with pytest.raises(ValueError, match="delta"):
         rasterize_image_pairs(means, chol, colors, w, h, delta=0.0)
