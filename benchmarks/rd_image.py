@@ -70,6 +70,9 @@ class Args:
     grow_from: float = 1.0
     """scenezip: start the fit with this fraction of the Gaussians and spawn the rest where the error is
     high (1.0: no densification)."""
+    merge: list[str] = field(default_factory=list)
+    """Run nothing: combine the outputs ``<out>/<merge>.json`` of earlier runs (same protocol, other images)
+    into ``<name>``: all their rows, BD-rates per image and the mean over every image."""
 
 
 def load(path: Path, downscale: int, crop: int) -> np.ndarray:
@@ -162,7 +165,28 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     img.save(path)
 
 
+def merge_runs(args: Args) -> None:
+    """``--merge``: the rows of earlier runs written again as one run (see :class:`Args`)."""
+    runs = [json.loads((args.out / f"{n}.json").read_text()) for n in args.merge]
+    same = ("downscale", "crop", "scenezip_bpps", "steps", "jpeg_qualities", "webp_qualities")
+    for n, r in zip(args.merge[1:], runs[1:]):
+        diff = [k for k in same if r["protocol"].get(k) != runs[0]["protocol"].get(k)]
+        if diff:
+            raise SystemExit(f"rd_image --merge: {n} differs from {args.merge[0]} in {', '.join(diff)}")
+    images = [im for r in runs for im in r["protocol"]["images"]]
+    if len(set(images)) != len(images):
+        raise SystemExit(f"rd_image --merge: an image appears in two runs: {images}")
+    protocol = dict(runs[0]["protocol"], images=images, merged_from=args.merge,
+                    command="python3 benchmarks/rd_image.py " + " ".join(sys.argv[1:]))  # fmt: skip
+    protocol["commands"] = [r["protocol"]["command"] for r in runs]
+    rows = [row for r in runs for row in r["rows"]]
+    protocol["resolution"] = " or ".join(sorted({row["resolution"] for row in rows}))  # portrait images differ
+    report(args, images, rows, protocol)
+
+
 def main(args: Args) -> None:
+    if args.merge:
+        return merge_runs(args)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -196,17 +220,6 @@ def main(args: Args) -> None:
                              "ssim": None, "lpips": None, "n_primitives": None, "train_s": None,
                              "encode_s": enc_s, "decode_s": dec_s, "device": "cpu"})  # fmt: skip
     tmp.cleanup()
-    bd: dict = {}
-    for anchor in ("jpeg", "webp"):
-        for metric in ("psnr", "ms_ssim"):
-            vals = {}
-            for name in args.images:
-                t = [r for r in rows if r["method"] == "scenezip" and r["scene"] == name]
-                a = [r for r in rows if r["method"] == anchor and r["scene"] == name]
-                vals[name] = bd_rate([r["bpp"] for r in t], [r[metric] for r in t],
-                                     [r["bpp"] for r in a], [r[metric] for r in a])  # fmt: skip
-            ok = [v for v in vals.values() if v is not None]
-            bd[f"vs_{anchor}_{metric}"] = {"per_image": vals, "mean": float(np.mean(ok)) if ok else None}
     protocol = {
         "dataset": "Kodak (../shared/data/kodak)", "images": args.images, "downscale": args.downscale,
         "crop": args.crop or None, "resolution": rows[0]["resolution"] if rows else None,
@@ -218,11 +231,29 @@ def main(args: Args) -> None:
         "decode_s": "file to pixels (read, entropy decode, render, 8-bit rounding), best of 3 after a warm-up, on decode_device",
         "command": "OMP_NUM_THREADS=1 python3 benchmarks/rd_image.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
+    report(args, args.images, rows, protocol)
+
+
+def report(args: Args, images: list[str], rows: list[dict], protocol: dict) -> None:
+    """BD-rates of ``rows`` and the JSON, markdown and plot outputs of a run named ``args.name``."""
+    bd: dict = {}
+    for anchor in ("jpeg", "webp"):
+        for metric in ("psnr", "ms_ssim"):
+            vals = {}
+            for name in images:
+                t = [r for r in rows if r["method"] == "scenezip" and r["scene"] == name]
+                a = [r for r in rows if r["method"] == anchor and r["scene"] == name]
+                vals[name] = bd_rate([r["bpp"] for r in t], [r[metric] for r in t],
+                                     [r["bpp"] for r in a], [r[metric] for r in a])  # fmt: skip
+            ok = [v for v in vals.values() if v is not None]
+            bd[f"vs_{anchor}_{metric}"] = {"per_image": vals, "mean": float(np.mean(ok)) if ok else None}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps({"protocol": protocol, "bd_rate": bd, "rows": rows}, indent=2))
-    lines = [f"# {args.name} ({protocol['resolution']}, {args.steps} steps, CPU)", "",
-             f"Command: `{protocol['command']}`", "",
-             "| method | image | bpp | PSNR | MS-SSIM | Gaussians | encode s | decode ms |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [f"# {args.name} ({protocol['resolution']}, {protocol['steps']} steps, CPU)", "",
+             f"Command: `{protocol['command']}`", ""]
+    if protocol.get("merged_from"):
+        lines += ["Merged from runs made with:", ""] + [f"- `{c}`" for c in protocol["commands"]] + [""]
+    lines += ["| method | image | bpp | PSNR | MS-SSIM | Gaussians | encode s | decode ms |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']}{'' if r.get('quality') is None else ' q' + str(r['quality'])} | {r['scene']} "
                      f"| {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | {r['n_primitives'] or ''} "
@@ -236,7 +267,7 @@ def main(args: Args) -> None:
               "on Kodak: full-resolution (768x512) images fitted for 50k steps on a GPU. They are not comparable "
               "with a reduced CPU run at another resolution and a few hundred steps; the JPEG and WebP rows above, "
               "measured in the same run on the same pixels, are the fair anchors."]  # fmt: skip
-    for name in args.images:
+    for name in images:
         for ref_bpp, ref_psnr in ((0.5, 27.8), (1.0, 29.7)):
             ours = [r for r in rows if r["method"] == "scenezip" and r["scene"] == name
                     and abs(r["bpp"] - ref_bpp) <= 0.1 * ref_bpp]  # fmt: skip
@@ -247,7 +278,7 @@ def main(args: Args) -> None:
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    plot(rows, args.out / f"{args.name}.png", f"Kodak {', '.join(args.images)} at {protocol['resolution']}")
+    plot(rows, args.out / f"{args.name}.png", f"Kodak {', '.join(images)} at {protocol['resolution']}")
     print(json.dumps(bd, indent=1))
 
 
