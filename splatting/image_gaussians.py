@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from scenezip.render.rasterization_image import rasterize_image_pairs
+from scenezip.render.rasterization_image import _check_delta, rasterize_image_pairs
 
 Params = tuple[Tensor, Tensor, Tensor]  # means [N, 2], chol_raw [N, 3], colors [N, 3]
 
@@ -96,8 +96,7 @@ class ImageGaussians(nn.Module):
             raise ValueError(f"colors must have shape [{n}, 3], got {tuple(colors.shape)}")
         if width < 1 or height < 1:
             raise ValueError(f"width and height must be >= 1, got {width}, {height}")
-        if delta is not None and not (math.isfinite(delta) and delta > 0):
-            raise ValueError(f"delta must be a finite number > 0 or None, got {delta!r}")
+        _check_delta(delta)
         self.width, self.height = int(width), int(height)
         self.delta = None if delta is None else float(delta)
         """None: the image is the accumulated sum; a float: normalized blending with this ``delta``."""
