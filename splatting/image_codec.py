@@ -480,17 +480,18 @@ def _color_system(means: Tensor, chol_raw: Tensor, img: Tensor, delta: float | N
 
 
 def solve_colors(means: Tensor, chol_raw: Tensor, colors: Tensor, img: Tensor, ridge: float = 1e-3,
-                 delta: float | None = None) -> np.ndarray:  # fmt: skip
+                 delta: float | None = None, wm: Any = None) -> np.ndarray:  # fmt: skip
     """Least-squares colours ``[N, 3]`` (float64, in the luma/chroma basis) of the Gaussians ``means``
     ``[N, 2]``, ``chol_raw`` ``[N, 3]`` against ``img`` ``[H, W, 3]``: ``argmin |W x M - img|^2 +
     lam |x - x0|^2`` with ``x0`` the basis coordinates of ``colors`` ``[N, 3]`` and ``lam = ridge *
     mean(diag(W^T W))`` (keeps barely-seen Gaussians near their fitted colour). The render is linear
     in the colours and ``M`` is orthonormal, so the three basis channels are three sparse solves with
-    one matrix (the clamp of the decoded image to [0, 1] is ignored)."""
+    one matrix (the clamp of the decoded image to [0, 1] is ignored). ``delta``: normalized blending;
+    ``wm``: the system of :func:`_color_system` if the caller already built it."""
     from scipy.sparse import identity
     from scipy.sparse.linalg import splu
 
-    wm = _color_system(means, chol_raw, img, delta)
+    wm = _color_system(means, chol_raw, img, delta) if wm is None else wm
     hm = (wm.T @ wm).tocsc()
     lam = float(ridge) * float(hm.diagonal().mean()) if hm.shape[0] else 0.0
     basis = _basis_matrix()
@@ -518,9 +519,8 @@ def round_colors(code: ImageCode, img: Tensor, ridge: float = 1e-3, block: int =
         return code
     means, chol_raw, colors = code_to_params(code)
     step = code_color_steps(code)  # [N]
-    delta = blend_delta(code.blend)
-    x = solve_colors(means, chol_raw, colors, img, ridge, delta) / step[:, None]  # [N, 3] in steps
-    wm = _color_system(means, chol_raw, img, delta)
+    wm = _color_system(means, chol_raw, img, blend_delta(code.blend))
+    x = solve_colors(means, chol_raw, colors, img, ridge, wm=wm) / step[:, None]  # [N, 3] in steps
     hm = (wm.T @ wm).tocsr()
     lam = float(ridge) * float(hm.diagonal().mean())
     q = np.zeros_like(x)
