@@ -145,7 +145,8 @@ MAX_STEP_Q = 60  # colour step down to 2**-15
 LAYOUT = 4  # of the code stream: 4 adds the blend, 3 per-Gaussian colour steps (2: one step; 1: quantized l2)
 LAYOUTS_READ = (2, 3, 4)  # older layouts read with color_alpha_q = 0 and the accumulated sum
 MAX_BLEND = 24  # blend k > 0: normalized blending with delta = 2**-k; 0: accumulated sum
-DEFAULT_DELTA = 2.0**-6  # of normalized blending: between the values measured (kodim01 900-step fit: 31.85 dB at 0.01, 31.84 at 0.03)
+# delta of normalized blending, between the values measured (kodim01 900-step fit: 31.85 dB at 0.01, 31.84 at 0.03)
+DEFAULT_DELTA = 2.0**-6
 MAX_ALPHA_Q = 16  # color_alpha_q is the exponent of the area in the colour step, in units of 1/8
 _LN2 = 0.6931471805599453  # float64 ln 2, a literal so every decoder multiplies by the same constant
 CHOL_RANGE_UNIT = 64  # the Cholesky quantizer range is stored in units of 1/64 (integers in the header)
